@@ -1,0 +1,478 @@
+package cache
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
+)
+
+// ErrNoStore means the store root has no Nix database: the machine has no Nix
+// (an appliance) and the node serves no local store.
+var ErrNoStore = errors.New("no Nix store")
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	// Root holds nix/store and nix/var/nix/db ("/" for the system store, a
+	// directory for a chroot store as made by `nix --store DIR`).
+	Root string
+	// Policy decides which paths are offered (HTTP and inventory).
+	Policy Policy
+	// Inventory receives the hashes of shared paths as they come and go.
+	// Optional.
+	Inventory *Inventory
+	// PollInterval is how often the DB is checked for changes (default 1s).
+	PollInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Store reads a Nix store: its SQLite database (read-only) for path metadata
+// and the store directory for NAR dumps. It keeps an in-memory index of the
+// valid paths so that a miss costs no I/O, and follows registrations and
+// garbage collection incrementally.
+type Store struct {
+	cfg      StoreConfig
+	dbPath   string
+	storeDir string // Root/nix/store
+	db       *sql.DB
+	log      *slog.Logger
+
+	mu     sync.RWMutex
+	byHash map[Hash]storeEntry
+	byID   map[int64]Hash
+	maxID  int64
+}
+
+type storeEntry struct {
+	id     int64
+	base   string // <hash>-<name>
+	shared bool
+}
+
+// OpenStore opens the store under cfg.Root and loads its index. It returns
+// an error wrapping ErrNoStore when there is no Nix database there, and a
+// clear error naming the file when the database cannot be read.
+func OpenStore(ctx context.Context, cfg StoreConfig) (*Store, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	s := &Store{
+		cfg:      cfg,
+		dbPath:   filepath.Join(cfg.Root, "nix", "var", "nix", "db", "db.sqlite"),
+		storeDir: filepath.Join(cfg.Root, "nix", "store"),
+		log:      cfg.Logger,
+		byHash:   make(map[Hash]storeEntry),
+		byID:     make(map[int64]Hash),
+	}
+	if _, err := os.Stat(s.dbPath); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s (no %s)", ErrNoStore, cfg.Root, s.dbPath)
+		}
+		return nil, fmt.Errorf("open Nix database %s: %w", s.dbPath, err)
+	}
+	// Read-only; busy_timeout rides out Nix's short write locks.
+	dsn := "file:" + (&url.URL{Path: s.dbPath}).EscapedPath() +
+		"?mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open Nix database %s: %w", s.dbPath, err)
+	}
+	db.SetMaxOpenConns(4)
+	s.db = db
+	start := time.Now()
+	if err := s.load(ctx, 0); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("read Nix database %s: %w (lancache needs read access to it and to its -wal/-shm files)", s.dbPath, err)
+	}
+	s.log.Info("local store indexed", "root", cfg.Root, "paths", len(s.byHash),
+		"shared", s.sharedCount(), "share", cfg.Policy.Mode, "took", time.Since(start).Round(time.Millisecond))
+	return s, nil
+}
+
+// Close releases the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Root is the store root this Store reads.
+func (s *Store) Root() string { return s.cfg.Root }
+
+func (s *Store) sharedCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, e := range s.byHash {
+		if e.shared {
+			n++
+		}
+	}
+	return n
+}
+
+// pathRow is one ValidPaths row with its references.
+type pathRow struct {
+	id      int64
+	path    string
+	hash    string
+	narSize sql.NullInt64
+	deriver sql.NullString
+	sigs    sql.NullString
+	ca      sql.NullString
+	refs    []string
+}
+
+const pathCols = `id, path, hash, narSize, deriver, sigs, ca`
+
+func scanRow(sc interface{ Scan(...any) error }) (*pathRow, error) {
+	r := &pathRow{}
+	err := sc.Scan(&r.id, &r.path, &r.hash, &r.narSize, &r.deriver, &r.sigs, &r.ca)
+	return r, err
+}
+
+// load indexes every valid path with id > after.
+func (s *Store) load(ctx context.Context, after int64) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id > ? ORDER BY id`, after)
+	if err != nil {
+		return err
+	}
+	var list []*pathRow
+	byID := make(map[int64]*pathRow)
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		list = append(list, r)
+		byID[r.id] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	// References are only needed to check signatures.
+	if s.cfg.Policy.Mode == ShareSigned || s.cfg.Policy.Mode == "" {
+		refs, err := s.db.QueryContext(ctx, `SELECT r.referrer, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer > ?`, after)
+		if err != nil {
+			return err
+		}
+		for refs.Next() {
+			var id int64
+			var p string
+			if err := refs.Scan(&id, &p); err != nil {
+				refs.Close()
+				return err
+			}
+			if r := byID[id]; r != nil {
+				r.refs = append(r.refs, p)
+			}
+		}
+		refs.Close()
+		if err := refs.Err(); err != nil {
+			return err
+		}
+	}
+	var added []Hash
+	s.mu.Lock()
+	for _, r := range list {
+		h, _, err := SplitStorePath(r.path)
+		if err != nil || !strings.HasPrefix(r.path, StoreDir+"/") {
+			continue // not a path we can serve under /nix/store
+		}
+		e := storeEntry{id: r.id, base: strings.TrimPrefix(r.path, StoreDir+"/")}
+		if s.cfg.Policy.Mode != ShareNone {
+			if info, err := r.narInfo(); err == nil {
+				e.shared = s.cfg.Policy.Shares(info)
+			}
+		}
+		s.byHash[h] = e
+		s.byID[r.id] = h
+		if r.id > s.maxID {
+			s.maxID = r.id
+		}
+		if e.shared {
+			added = append(added, h)
+		}
+	}
+	s.mu.Unlock()
+	if s.cfg.Inventory != nil && len(added) > 0 {
+		s.cfg.Inventory.Add(added...)
+	}
+	return nil
+}
+
+// narInfo converts a DB row to a narinfo (URL and compression left empty).
+func (r *pathRow) narInfo() (*NarInfo, error) {
+	nh, err := ParseNarHash(r.hash)
+	if err != nil {
+		return nil, err
+	}
+	info := &NarInfo{
+		StorePath: r.path,
+		NarHash:   nh,
+		NarSize:   uint64(r.narSize.Int64),
+		CA:        r.ca.String,
+	}
+	for _, p := range r.refs {
+		info.References = append(info.References, strings.TrimPrefix(p, StoreDir+"/"))
+	}
+	sort.Strings(info.References)
+	if r.deriver.Valid && r.deriver.String != "" {
+		info.Deriver = strings.TrimPrefix(r.deriver.String, StoreDir+"/")
+	}
+	if r.sigs.Valid {
+		info.Sigs = strings.Fields(r.sigs.String)
+	}
+	return info, nil
+}
+
+// Run follows the database until ctx is done: new registrations are added by
+// id, garbage-collected paths are found by an id-only scan when the row count
+// shows deletions, and signatures added later to unshared paths are
+// re-checked.
+func (s *Store) Run(ctx context.Context) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", s.dbPath, err)
+	}
+	defer conn.Close()
+	version := int64(-1)
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		var v int64
+		// data_version changes when another connection commits.
+		if err := conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("watching Nix database failed; retrying", "db", s.dbPath, "err", err)
+			continue
+		}
+		if v == version {
+			continue
+		}
+		version = v
+		if err := s.refresh(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("refreshing store index failed; retrying", "db", s.dbPath, "err", err)
+			version = -1
+		}
+	}
+}
+
+// refresh brings the index up to date with the database.
+func (s *Store) refresh(ctx context.Context) error {
+	s.mu.RLock()
+	maxID := s.maxID
+	s.mu.RUnlock()
+	if err := s.load(ctx, maxID); err != nil {
+		return err
+	}
+	var count int
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM ValidPaths`).Scan(&count); err != nil {
+		return err
+	}
+	s.mu.RLock()
+	known := len(s.byID)
+	s.mu.RUnlock()
+	if count != known {
+		if err := s.sweepDeleted(ctx); err != nil {
+			return err
+		}
+	}
+	return s.recheckUnshared(ctx)
+}
+
+// sweepDeleted drops paths that are no longer valid (garbage collected).
+func (s *Store) sweepDeleted(ctx context.Context) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM ValidPaths`)
+	if err != nil {
+		return err
+	}
+	live := make(map[int64]struct{}, len(s.byID))
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		live[id] = struct{}{}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var removed []Hash
+	s.mu.Lock()
+	for id, h := range s.byID {
+		if _, ok := live[id]; ok {
+			continue
+		}
+		if s.byHash[h].shared {
+			removed = append(removed, h)
+		}
+		delete(s.byID, id)
+		delete(s.byHash, h)
+	}
+	s.mu.Unlock()
+	if len(removed) > 0 {
+		s.log.Info("store paths removed", "count", len(removed))
+		if s.cfg.Inventory != nil {
+			s.cfg.Inventory.Remove(removed...)
+		}
+	}
+	return nil
+}
+
+// maxRecheck bounds how many unshared paths are re-checked per change: a
+// machine with many unsigned local builds pays for it only up to this.
+const maxRecheck = 10_000
+
+// recheckUnshared re-evaluates the share policy of paths not shared yet:
+// `nix store sign` adds signatures to existing rows.
+func (s *Store) recheckUnshared(ctx context.Context) error {
+	if s.cfg.Policy.Mode == ShareNone || s.cfg.Policy.Mode == ShareAll {
+		return nil
+	}
+	s.mu.RLock()
+	var todo []Hash
+	for h, e := range s.byHash {
+		if !e.shared {
+			todo = append(todo, h)
+			if len(todo) == maxRecheck {
+				break
+			}
+		}
+	}
+	s.mu.RUnlock()
+	var added []Hash
+	for _, h := range todo {
+		info, err := s.lookup(ctx, h)
+		if err != nil {
+			continue
+		}
+		if s.cfg.Policy.Shares(info) {
+			s.mu.Lock()
+			if e, ok := s.byHash[h]; ok && !e.shared {
+				e.shared = true
+				s.byHash[h] = e
+				added = append(added, h)
+			}
+			s.mu.Unlock()
+		}
+	}
+	if len(added) > 0 && s.cfg.Inventory != nil {
+		s.cfg.Inventory.Add(added...)
+	}
+	return nil
+}
+
+// lookup reads the current metadata of h from the database.
+func (s *Store) lookup(ctx context.Context, h Hash) (*NarInfo, error) {
+	s.mu.RLock()
+	e, ok := s.byHash[h]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, ErrNotFound
+	}
+	r, err := scanRow(s.db.QueryRowContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id = ?`, e.id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("query %s in %s: %w", e.base, s.dbPath, err)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?`, e.id)
+	if err != nil {
+		return nil, fmt.Errorf("query references of %s in %s: %w", e.base, s.dbPath, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, err
+		}
+		r.refs = append(r.refs, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return r.narInfo()
+}
+
+// Has reports whether h is a valid path here that the policy shares.
+func (s *Store) Has(h Hash) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.byHash[h].shared
+}
+
+// Len is the number of valid paths and how many of them are shared.
+func (s *Store) Len() (valid, shared int) {
+	s.mu.RLock()
+	valid = len(s.byHash)
+	s.mu.RUnlock()
+	return valid, s.sharedCount()
+}
+
+// NarInfo returns the metadata of a shared path, uncompressed, with
+// URL "nar/<hash>.nar"; ErrNotFound for paths not here or not shared. The
+// policy is checked against the current database row.
+func (s *Store) NarInfo(ctx context.Context, h Hash) (*NarInfo, error) {
+	s.mu.RLock()
+	e, ok := s.byHash[h]
+	s.mu.RUnlock()
+	if !ok || (!e.shared && s.cfg.Policy.Mode != ShareAll) {
+		return nil, ErrNotFound
+	}
+	info, err := s.lookup(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	if !s.cfg.Policy.Shares(info) {
+		return nil, ErrNotFound
+	}
+	info.URL = "nar/" + h.String() + ".nar"
+	info.Compression = "none"
+	return info, nil
+}
+
+// WriteNAR dumps the store path of info as a NAR (see Source).
+func (s *Store) WriteNAR(ctx context.Context, w io.Writer, info *NarInfo, offset, length int64) error {
+	h, name, err := SplitStorePath(info.StorePath)
+	if err != nil {
+		return err
+	}
+	if !s.Has(h) && s.cfg.Policy.Mode != ShareAll {
+		return ErrNotFound
+	}
+	p := filepath.Join(s.storeDir, h.String()+"-"+name)
+	if _, err := os.Lstat(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s is registered but missing on disk: %w", p, ErrNotFound)
+		}
+		return fmt.Errorf("stat %s: %w", p, err)
+	}
+	return DumpNAR(ctx, w, p, offset, length)
+}

@@ -1,0 +1,180 @@
+package cache
+
+import (
+	"bytes"
+	"compress/bzip2"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// ErrHashMismatch means bytes did not match the NarHash or NarSize of their
+// signed narinfo. Whoever sent them is not to be trusted with this path.
+var ErrHashMismatch = errors.New("NAR does not match its NarHash")
+
+// ErrUnsupportedCompression is returned for compressions lancache cannot
+// verify.
+var ErrUnsupportedCompression = errors.New("unsupported compression")
+
+// FileSize is the number of bytes of the file described by info: FileSize
+// when it is compressed, NarSize when it is not.
+func FileSize(info *NarInfo) int64 {
+	if isUncompressed(info.Compression) {
+		return int64(info.NarSize)
+	}
+	return int64(info.FileSize)
+}
+
+func isUncompressed(c string) bool { return c == "" || c == "none" }
+
+// CompressionExt is the file extension Nix caches use for a compression.
+func CompressionExt(c string) (string, error) {
+	switch c {
+	case "", "none":
+		return "", nil
+	case "xz":
+		return ".xz", nil
+	case "zstd":
+		return ".zst", nil
+	case "bzip2":
+		return ".bz2", nil
+	}
+	return "", fmt.Errorf("%w: %q", ErrUnsupportedCompression, clip(c))
+}
+
+// NewDecompressor returns a reader of the uncompressed NAR from r, compressed
+// as c says.
+func NewDecompressor(c string, r io.Reader) (io.ReadCloser, error) {
+	switch c {
+	case "", "none":
+		return io.NopCloser(r), nil
+	case "zstd":
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		return d.IOReadCloser(), nil
+	case "xz":
+		d, err := xz.NewReader(r)
+		if err != nil {
+			return nil, fmt.Errorf("xz: %w", err)
+		}
+		return io.NopCloser(d), nil
+	case "bzip2":
+		return io.NopCloser(bzip2.NewReader(r)), nil
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnsupportedCompression, clip(c))
+}
+
+// Verifier checks a stream of file bytes (compressed as the narinfo says)
+// against the narinfo's NarHash and NarSize while they are written through
+// it. Write the whole file, from byte 0, then call Close: it returns nil only
+// if the bytes are exactly the signed NAR. Writes after a mismatch is known
+// (too many bytes) fail at once.
+type Verifier struct {
+	info    *NarInfo
+	written int64
+
+	// uncompressed: hash inline.
+	h       hash.Hash
+	narSize uint64
+
+	// compressed: a decompressing goroutine fed through a pipe.
+	pw   *io.PipeWriter
+	done chan error
+}
+
+// NewVerifier returns a Verifier for the file described by info.
+func NewVerifier(info *NarInfo) (*Verifier, error) {
+	v := &Verifier{info: info, h: sha256.New()}
+	if isUncompressed(info.Compression) {
+		return v, nil
+	}
+	if _, err := CompressionExt(info.Compression); err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	v.pw = pw
+	v.done = make(chan error, 1)
+	go func() {
+		err := v.decompress(pr)
+		pr.CloseWithError(err) // unblocks writers if we stopped early
+		v.done <- err
+	}()
+	return v, nil
+}
+
+func (v *Verifier) decompress(r io.Reader) error {
+	d, err := NewDecompressor(v.info.Compression, r)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	// Read at most one byte past NarSize: a longer stream is a mismatch, and
+	// a decompression bomb stops there.
+	n, err := io.Copy(v.h, io.LimitReader(d, int64(v.info.NarSize)+1))
+	v.narSize = uint64(n)
+	if err != nil {
+		return fmt.Errorf("decompress %s: %w", v.info.Compression, err)
+	}
+	if v.narSize != v.info.NarSize {
+		return fmt.Errorf("%w: decompressed size is not NarSize %d", ErrHashMismatch, v.info.NarSize)
+	}
+	// Drain the rest of the compressed input so the writer side completes.
+	_, err = io.Copy(io.Discard, r)
+	return err
+}
+
+// Write feeds file bytes through the check.
+func (v *Verifier) Write(p []byte) (int, error) {
+	if v.written+int64(len(p)) > FileSize(v.info) && !(v.pw != nil && v.info.FileSize == 0) {
+		return 0, fmt.Errorf("%w: more than %d bytes", ErrHashMismatch, FileSize(v.info))
+	}
+	v.written += int64(len(p))
+	if v.pw == nil {
+		v.narSize += uint64(len(p))
+		return v.h.Write(p)
+	}
+	return v.pw.Write(p)
+}
+
+// Written is the number of file bytes written so far: the offset to resume
+// from when a source fails.
+func (v *Verifier) Written() int64 { return v.written }
+
+// Close finishes the check. It returns nil only if the whole file was written
+// and it decompresses to exactly the NAR the narinfo signs.
+func (v *Verifier) Close() error {
+	if v.pw != nil {
+		v.pw.Close()
+		if err := <-v.done; err != nil {
+			if errors.Is(err, ErrHashMismatch) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", ErrHashMismatch, err)
+		}
+	}
+	if v.info.FileSize != 0 && !isUncompressed(v.info.Compression) && v.written != int64(v.info.FileSize) {
+		return fmt.Errorf("%w: got %d file bytes, narinfo says %d", ErrHashMismatch, v.written, v.info.FileSize)
+	}
+	if v.narSize != v.info.NarSize {
+		return fmt.Errorf("%w: got %d NAR bytes, narinfo says %d", ErrHashMismatch, v.narSize, v.info.NarSize)
+	}
+	if !bytes.Equal(v.h.Sum(nil), v.info.NarHash[:]) {
+		return fmt.Errorf("%w: %s", ErrHashMismatch, v.info.StorePath)
+	}
+	return nil
+}
+
+// Abort releases the Verifier without a verdict (the transfer was given up).
+func (v *Verifier) Abort() {
+	if v.pw != nil {
+		v.pw.CloseWithError(errors.New("aborted"))
+		<-v.done
+	}
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/lancache/lancache"
+)
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	host, _ := os.Hostname()
+	var (
+		cfg       lancache.Config
+		maxSize   string
+		upstreams listFlag
+		peers     listFlag
+		logFormat string
+		logLevel  string
+	)
+	fs.StringVar(&cfg.StoreRoot, "store-root", "/", "`DIR` holding nix/store and nix/var/nix/db; \"none\" for no local store (appliance)")
+	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "on-disk NAR cache `DIR` (appliance mode; not yet implemented: accepted and ignored)")
+	fs.StringVar(&maxSize, "cache-max-size", "10GiB", "size bound of --cache-dir, e.g. 50GiB or 200GB")
+	fs.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:37515", "`ADDR` of the Nix-facing binary cache and status API")
+	fs.StringVar(&cfg.QUICAddr, "quic", ":37516", "UDP `ADDR` of the peer listener")
+	fs.Var(&upstreams, "upstream", "pull-through binary cache `URL`, repeatable, tried in order (coming with appliance mode)")
+	fs.StringVar(&cfg.TrustedPublicKeys, "trusted-public-keys", lancache.DefaultTrustedPublicKeys, "space-separated `KEYS` (name:base64) whose signatures make a path shareable and a peer's narinfo acceptable")
+	fs.StringVar(&cfg.Share, "share", "signed", "which local store paths to offer: signed (only paths signed by a trusted key), all, or none")
+	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
+	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
+	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery")
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/lancache", "`DIR` for the node identity key and other state")
+	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")
+	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	setUsage(fs, "serve [flags]",
+		"Run the lancache daemon: serve this machine's Nix store (and its LAN\nneighbours' and upstreams') to the local Nix as an HTTP binary cache.")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	size, err := humanize.ParseBytes(maxSize)
+	if err != nil {
+		return fmt.Errorf("--cache-max-size %q: %w", maxSize, err)
+	}
+	cfg.CacheMaxSize = int64(size)
+	cfg.Upstreams, cfg.Peers = upstreams, peers
+	log, err := newLogger(stderr, logFormat, logLevel)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+
+	node, err := lancache.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := node.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("lancache stopped")
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

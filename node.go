@@ -1,0 +1,237 @@
+package lancache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lancache/lancache/cache"
+)
+
+// Version is the lancache version, set at build time with
+// -ldflags "-X github.com/lancache/lancache.Version=...".
+var Version = "0.1.0-dev"
+
+// DefaultTrustedPublicKeys is cache.nixos.org's signing key.
+const DefaultTrustedPublicKeys = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFNspUTWGAGY="
+
+// Config is everything a Node needs; cmd/lancache fills it from flags.
+type Config struct {
+	StoreRoot         string   // root holding nix/store and nix/var/nix/db; "none" = no local store
+	CacheDir          string   // on-disk NAR cache; "" = none
+	CacheMaxSize      int64    // bytes
+	HTTPAddr          string   // Nix-facing binary cache + status API
+	QUICAddr          string   // peer listener (UDP)
+	Upstreams         []string // pull-through binary caches
+	TrustedPublicKeys string   // space-separated name:base64 keys
+	Share             string   // signed | all | none
+	FleetKeyFile      string
+	Peers             []string // static peers HOST:PORT
+	NoMDNS            bool
+	StateDir          string
+	Name              string
+	Logger            *slog.Logger
+}
+
+// Node is one lancache daemon.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	policy  cache.Policy
+	inv     *cache.Inventory
+	store   *cache.Store // nil: no local store
+	handler *cache.Handler
+	started time.Time
+
+	ready    chan struct{}
+	mu       sync.Mutex
+	httpAddr net.Addr
+}
+
+// New checks cfg and opens what the node serves. It does not listen yet:
+// Run does.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HTTPAddr == "" {
+		cfg.HTTPAddr = "127.0.0.1:37515"
+	}
+	if cfg.Share == "" {
+		cfg.Share = string(cache.ShareSigned)
+	}
+	mode, err := cache.ParseShareMode(cfg.Share)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := cache.ParsePublicKeys(cfg.TrustedPublicKeys)
+	if err != nil {
+		return nil, fmt.Errorf("--trusted-public-keys: %w", err)
+	}
+	if mode == cache.ShareSigned && len(keys) == 0 {
+		cfg.Logger.Warn("share policy is 'signed' but no trusted public keys are set: nothing will be shared")
+	}
+	n := &Node{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		policy: cache.Policy{Mode: mode, Keys: keys},
+		inv:    cache.NewInventory(),
+		ready:  make(chan struct{}),
+	}
+	var sources []cache.Source
+	if cfg.StoreRoot != "none" && cfg.StoreRoot != "" {
+		st, err := cache.OpenStore(ctx, cache.StoreConfig{
+			Root: cfg.StoreRoot, Policy: n.policy, Inventory: n.inv, Logger: cfg.Logger,
+		})
+		switch {
+		case errors.Is(err, cache.ErrNoStore):
+			n.log.Warn("no Nix store found: serving no local store paths", "store_root", cfg.StoreRoot, "detail", err)
+		case err != nil:
+			return nil, err
+		default:
+			n.store = st
+			sources = append(sources, st)
+		}
+	} else {
+		n.log.Info("no local store (--store-root none)")
+	}
+	n.handler = cache.NewHandler(cache.HandlerConfig{Logger: cfg.Logger}, sources...)
+	return n, nil
+}
+
+// Run serves until ctx is done, then shuts down gracefully. It returns only
+// after everything it started has stopped.
+func (n *Node) Run(ctx context.Context) error {
+	n.started = time.Now()
+	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
+	if err != nil {
+		n.closeStore()
+		return fmt.Errorf("listen on %s (--http): %w", n.cfg.HTTPAddr, err)
+	}
+	n.mu.Lock()
+	n.httpAddr = ln.Addr()
+	n.mu.Unlock()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_lancache/status", n.serveStatus)
+	mux.Handle("/", n.handler)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+		}
+		return nil
+	})
+	if n.store != nil {
+		g.Go(func() error { return n.store.Run(gctx) })
+	}
+	n.logServing()
+	close(n.ready)
+	err = g.Wait()
+	n.closeStore()
+	return err
+}
+
+func (n *Node) closeStore() {
+	if n.store != nil {
+		n.store.Close()
+	}
+}
+
+func (n *Node) logServing() {
+	addr := n.HTTPAddr().String()
+	what := "no local store"
+	if n.store != nil {
+		valid, shared := n.store.Len()
+		what = fmt.Sprintf("local store %s (%d paths, %d shared by policy %q)", n.store.Root(), valid, shared, n.policy.Mode)
+	}
+	n.log.Info("lancache serving", "serves", what, "http", addr)
+	n.log.Info("point Nix at it", "nix.conf", fmt.Sprintf("substituters = http://%s https://cache.nixos.org", addr))
+}
+
+// Ready is closed once the node listens.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// HTTPAddr is the address the HTTP face listens on (valid after Ready).
+func (n *Node) HTTPAddr() net.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.httpAddr
+}
+
+// Status is a snapshot of what the node serves and has served.
+type Status struct {
+	Name          string  `json:"name"`
+	Version       string  `json:"version"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	Share         string  `json:"share"`
+	StoreRoot     string  `json:"store_root,omitempty"`
+	StorePaths    int     `json:"store_paths"`
+	SharedPaths   int     `json:"shared_paths"`
+	Totals        Totals  `json:"totals"`
+}
+
+// Totals are counters since start.
+type Totals struct {
+	NarInfoHits      uint64 `json:"narinfo_hits"`
+	NarInfoMisses    uint64 `json:"narinfo_misses"`
+	BytesServedToNix uint64 `json:"bytes_served_to_nix"`
+	NarFailures      uint64 `json:"nar_failures"`
+	BadRequests      uint64 `json:"bad_requests"`
+}
+
+// Status returns the node's current status.
+func (n *Node) Status() Status {
+	s := Status{
+		Name:          n.cfg.Name,
+		Version:       Version,
+		UptimeSeconds: time.Since(n.started).Seconds(),
+		Share:         string(n.policy.Mode),
+	}
+	if n.store != nil {
+		s.StoreRoot = n.store.Root()
+		s.StorePaths, s.SharedPaths = n.store.Len()
+	}
+	st := n.handler.Stats()
+	s.Totals = Totals{
+		NarInfoHits:      st.NarInfoHits.Load(),
+		NarInfoMisses:    st.NarInfoMisses.Load(),
+		BytesServedToNix: st.NarBytes.Load(),
+		NarFailures:      st.NarFailures.Load(),
+		BadRequests:      st.BadRequests.Load(),
+	}
+	return s
+}
+
+func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(n.Status())
+}

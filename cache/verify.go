@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bufio"
 	"bytes"
 	"compress/bzip2"
 	"crypto/sha256"
@@ -110,7 +111,8 @@ func NewVerifier(info *NarInfo) (*Verifier, error) {
 }
 
 func (v *Verifier) decompress(r io.Reader) error {
-	d, err := NewDecompressor(v.info.Compression, r)
+	// Decoders read in small pieces; a pipe read per piece is slow.
+	d, err := NewDecompressor(v.info.Compression, bufio.NewReaderSize(r, 256<<10))
 	if err != nil {
 		return err
 	}
@@ -140,7 +142,12 @@ func (v *Verifier) Write(p []byte) (int, error) {
 		v.narSize += uint64(len(p))
 		return v.h.Write(p)
 	}
-	return v.pw.Write(p)
+	n, err := v.pw.Write(p)
+	if err != nil && !errors.Is(err, ErrHashMismatch) {
+		// The decompressor stopped: the stream is not the signed NAR.
+		err = fmt.Errorf("%w: %w", ErrHashMismatch, err)
+	}
+	return n, err
 }
 
 // Written is the number of file bytes written so far: the offset to resume

@@ -1,0 +1,226 @@
+package cache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// memSource serves files from memory; failAfter >= 0 makes WriteNAR fail
+// after that many bytes.
+type memSource struct {
+	infos     map[Hash]*NarInfo
+	files     map[Hash][]byte
+	failAfter int
+	calls     int
+}
+
+func newMemSource() *memSource {
+	return &memSource{infos: map[Hash]*NarInfo{}, files: map[Hash][]byte{}, failAfter: -1}
+}
+
+func (m *memSource) add(info *NarInfo, file []byte) Hash {
+	h, _ := info.Hash()
+	m.infos[h], m.files[h] = info, file
+	return h
+}
+
+func (m *memSource) NarInfo(_ context.Context, h Hash) (*NarInfo, error) {
+	if i, ok := m.infos[h]; ok {
+		c := *i
+		return &c, nil
+	}
+	return nil, ErrNotFound
+}
+
+func (m *memSource) WriteNAR(_ context.Context, w io.Writer, info *NarInfo, off, n int64) error {
+	m.calls++
+	h, _ := info.Hash()
+	f := m.files[h]
+	if n < 0 {
+		n = int64(len(f)) - off
+	}
+	part := f[off : off+n]
+	if m.failAfter >= 0 && m.failAfter < len(part) {
+		w.Write(part[:m.failAfter])
+		return errors.New("source died")
+	}
+	_, err := w.Write(part)
+	return err
+}
+
+func serveTest(t *testing.T, srcs ...Source) (*httptest.Server, *Handler) {
+	t.Helper()
+	h := NewHandler(HandlerConfig{}, srcs...)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, h
+}
+
+func get(t *testing.T, url string, hdr ...string) (*http.Response, []byte, error) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
+}
+
+func TestHandlerServesNarInfoAndNAR(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "zstd", 100_000)
+	h := src.add(info, file)
+	srv, hd := serveTest(t, src)
+
+	resp, body, err := get(t, srv.URL+"/nix-cache-info")
+	if err != nil || resp.StatusCode != 200 || !strings.Contains(string(body), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n") {
+		t.Fatalf("nix-cache-info: %v %v %q", err, resp, body)
+	}
+	resp, body, err = get(t, srv.URL+"/"+h.String()+".narinfo")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo: %v %v", err, resp)
+	}
+	ni, err := ParseNarInfo(bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ni.Compression != "zstd" || !strings.HasSuffix(ni.URL, ".nar.zst") || ni.Fingerprint() != info.Fingerprint() {
+		t.Fatalf("served narinfo %+v", ni)
+	}
+	resp, body, err = get(t, srv.URL+"/"+ni.URL)
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, file) || resp.ContentLength != int64(len(file)) {
+		t.Fatalf("nar: %v %v len %d", err, resp, len(body))
+	}
+	resp, body, err = get(t, srv.URL+"/"+ni.URL, "Range", "bytes=100-199")
+	if err != nil || resp.StatusCode != 206 || !bytes.Equal(body, file[100:200]) {
+		t.Fatalf("range: %v %v", err, resp)
+	}
+	resp, _, _ = get(t, srv.URL+"/"+ni.URL, "Range", fmt.Sprintf("bytes=%d-", len(file)))
+	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Fatalf("range past end: %v", resp.Status)
+	}
+	// A NAR URL with another NarHash (a stale narinfo) is a 404.
+	other := strings.Replace(ni.URL, info.NarHash.Base32()[:4], "0000", 1)
+	if resp, _, _ := get(t, srv.URL+"/"+other); resp.StatusCode != 404 {
+		t.Fatalf("stale NAR URL: %v", resp.Status)
+	}
+	if hd.Stats().NarInfoHits.Load() != 1 {
+		t.Fatalf("hits = %d", hd.Stats().NarInfoHits.Load())
+	}
+}
+
+func TestHandlerMissIs404(t *testing.T) {
+	srv, hd := serveTest(t, newMemSource())
+	resp, _, _ := get(t, srv.URL+"/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p.narinfo")
+	if resp.StatusCode != 404 || hd.Stats().NarInfoMisses.Load() != 1 {
+		t.Fatalf("miss: %v", resp.Status)
+	}
+}
+
+// A failing first source falls through to the next before any byte is sent;
+// a source failing mid-stream aborts the response (the client sees an error,
+// never a short body that looks complete).
+func TestHandlerSourceFailures(t *testing.T) {
+	info, file := testFile(t, "none", 50_000)
+	dead, good := newMemSource(), newMemSource()
+	dead.failAfter = 0
+	h := dead.add(info, file)
+	good.add(info, file)
+	srv, _ := serveTest(t, dead, good)
+	u, _ := narURL(h, info)
+	resp, body, err := get(t, srv.URL+"/"+u)
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, file) || dead.calls != 1 {
+		t.Fatalf("fallthrough: %v %v %d", err, resp, dead.calls)
+	}
+
+	broken := newMemSource()
+	broken.failAfter = 1000
+	broken.add(info, file)
+	srv2, hd := serveTest(t, broken)
+	_, body, err = get(t, srv2.URL+"/"+u)
+	if err == nil {
+		t.Fatalf("mid-stream failure: got %d bytes and no error", len(body))
+	}
+	if hd.Stats().NarFailures.Load() != 1 {
+		t.Fatal("failure not counted")
+	}
+}
+
+// rawGet sends a request line byte for byte (Go's client would clean it).
+func rawGet(t *testing.T, addr, target string) int {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", target)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestHandlerRejectsHostilePaths(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "none", 100)
+	src.add(info, file)
+	srv, _ := serveTest(t, src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, target := range []string{
+		"/../etc/passwd", "/nar/../../etc/passwd", "/nar/..%2f..%2fetc%2fpasswd", "/%2e%2e/%2e%2e/etc/passwd",
+		"/nar/%2e%2e", "//etc/passwd", "/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8.narinfo", "/0RR10G8FQ2FBB6YD4MH3GR4FQY6VRQ8P.narinfo",
+		"/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8e.narinfo", "/" + strings.Repeat("a", 9000) + ".narinfo", "/nar/x.nar",
+		"/nar/" + strings.Repeat("0", 85) + ".nar", "/a/b.narinfo", "/nix-cache-info/..", "/nar", "/nar/",
+		"/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p.narinfo%00", "/etc/passwd", "/_lancache/../etc/passwd",
+	} {
+		code := rawGet(t, addr, target)
+		if code != 0 && code != 400 && code != 404 && code != 431 && code != 414 {
+			t.Errorf("GET %s: status %d, want 400/404", clip(target), code)
+		}
+	}
+	if code := rawGet(t, addr, "/nix-cache-info"); code != 200 {
+		t.Fatalf("after hostile requests: %d", code)
+	}
+}
+
+func FuzzRequestPath(f *testing.F) {
+	f.Add("/nix-cache-info")
+	f.Add("/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p.narinfo")
+	f.Add("/nar/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-1jnhcscsw6xapfmf4sjjsyvflmgaqxh2n6qsqk4sgqpjpqj0b5lz.nar.zst")
+	f.Add("/nar/..%2f..%2fetc%2fpasswd")
+	src := newMemSource()
+	info, file := testFile(f, "none", 100)
+	src.add(info, file)
+	hd := NewHandler(HandlerConfig{}, src)
+	f.Fuzz(func(t *testing.T, target string) {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n")))
+		if err != nil {
+			return
+		}
+		rec := httptest.NewRecorder()
+		hd.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("%q: status %d", target, rec.Code)
+		}
+		if rec.Code == 200 && req.URL.Path != "/nix-cache-info" && !strings.HasSuffix(req.URL.Path, ".narinfo") && !strings.HasPrefix(req.URL.Path, "/nar/") {
+			t.Fatalf("%q served 200", target)
+		}
+	})
+}

@@ -1,0 +1,454 @@
+package narcache
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lancache/lancache/cache"
+)
+
+// File names inside the cache directory. Names starting with a dot are
+// lancache's own and never part of the binary-cache layout.
+const (
+	narDirName    = "nar"
+	partialPrefix = ".partial-" // NAR being written (nar/)
+	evictedPrefix = ".evicted-" // evicted NAR still being read (nar/)
+	tmpPrefix     = ".tmp-"     // narinfo or nix-cache-info being written
+	lockName      = ".lock"
+	cacheInfoName = "nix-cache-info"
+	narinfoSuffix = ".narinfo"
+
+	// blockSize rounds every file up in the usage accounting, so that Usage
+	// is close to what du reports for many small files.
+	blockSize = 4096
+
+	// touchInterval bounds how often an entry's recency is written to disk
+	// (as its narinfo's mtime): often enough to order entries after a
+	// restart, rare enough to cost nothing on hot paths.
+	touchInterval = time.Minute
+)
+
+// cacheInfo is the nix-cache-info the directory gets. Priority 30 is what
+// Nix's own local binary caches use: below cache.nixos.org's 40.
+const cacheInfo = "StoreDir: " + cache.StoreDir + "\nWantMassQuery: 1\nPriority: 30\n"
+
+// Errors of Begin and Writer.
+var (
+	// ErrExists means the path is already committed.
+	ErrExists = errors.New("already in the NAR cache")
+	// ErrBusy means the path is being written by another Writer; read it
+	// with WriteNAR, which follows the write.
+	ErrBusy = errors.New("already being written to the NAR cache")
+	// ErrTooLarge means the file cannot fit in the cache at all.
+	ErrTooLarge = errors.New("larger than the NAR cache")
+	// ErrClosed means the Cache was closed.
+	ErrClosed = errors.New("NAR cache closed")
+	// ErrAborted is what readers of an entry get when its write was given up
+	// without a more specific reason.
+	ErrAborted = errors.New("NAR cache write aborted")
+)
+
+// Config configures a Cache.
+type Config struct {
+	// Dir is the cache directory (--cache-dir). It is created if missing.
+	Dir string
+	// MaxSize bounds the bytes the cache keeps (--cache-max-size; see
+	// ParseSize). Zero means DefaultMaxSize.
+	MaxSize int64
+	// Logger receives start-up and eviction events; nil discards them.
+	Logger *slog.Logger
+	// Inventory, if set, is told of every entry committed (Add) and every
+	// entry removed (Remove), so that peers see the cache's contents.
+	Inventory *cache.Inventory
+}
+
+// Cache is an on-disk NAR cache. It implements cache.Source for what it has
+// committed, and lets WriteNAR follow entries still being written. It is safe
+// for concurrent use.
+type Cache struct {
+	dir    string
+	narDir string
+	max    int64
+	log    *slog.Logger
+	inv    *cache.Inventory
+	unlock func() error
+
+	// Test hooks.
+	now        func() time.Time
+	writeFault func() error
+
+	mu       sync.Mutex
+	closed   bool
+	entries  map[cache.Hash]*entry // committed
+	pending  map[cache.Hash]*entry // being written
+	lru      list.List             // committed entries, most recently used first
+	used     int64                 // accounted bytes of committed entries
+	reserved int64                 // bytes reserved by pending writes
+}
+
+// entry is one path of the cache, committed or pending. Fields are guarded by
+// Cache.mu.
+type entry struct {
+	hash    cache.Hash
+	info    *cache.NarInfo // as on disk once committed; as given to Begin while pending
+	nar     string         // current path of the NAR file (partial, final or evicted name)
+	narinfo string         // path of the narinfo file
+	size    int64          // file bytes, once committed
+	cost    int64          // bytes accounted in Cache.used
+	elem    *list.Element  // in Cache.lru, once committed
+	w       *Writer        // non-nil while pending
+	refs    int            // readers holding the NAR file open
+	evicted bool           // removed from the index; delete nar when refs drops to 0
+	touched time.Time      // recency last written to disk
+}
+
+// Open opens or creates the cache in cfg.Dir, rebuilds the index from disk
+// and removes partial files, orphaned NARs and narinfos without a complete
+// NAR. It does not re-hash NARs: sizes are checked against narinfos, whose
+// contents were verified before they were written. Close releases it.
+func Open(ctx context.Context, cfg Config) (*Cache, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("open NAR cache: no directory")
+	}
+	if cfg.MaxSize < 0 {
+		return nil, fmt.Errorf("open NAR cache: negative max size %d", cfg.MaxSize)
+	}
+	if cfg.MaxSize == 0 {
+		cfg.MaxSize = DefaultMaxSize
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("open NAR cache: %w", err)
+	}
+	c := &Cache{
+		dir:     dir,
+		narDir:  filepath.Join(dir, narDirName),
+		max:     cfg.MaxSize,
+		log:     log.With("component", "narcache"),
+		inv:     cfg.Inventory,
+		now:     time.Now,
+		entries: make(map[cache.Hash]*entry),
+		pending: make(map[cache.Hash]*entry),
+	}
+	if err := os.MkdirAll(c.narDir, 0o755); err != nil {
+		return nil, fmt.Errorf("open NAR cache: %w", err)
+	}
+	c.unlock, err = lockDir(filepath.Join(dir, lockName))
+	if err != nil {
+		return nil, fmt.Errorf("open NAR cache: %w", err)
+	}
+	if err := c.load(ctx); err != nil {
+		c.unlock()
+		return nil, fmt.Errorf("open NAR cache %s: %w", dir, err)
+	}
+	return c, nil
+}
+
+// Close releases the directory lock. Writers not yet committed fail to
+// commit; readers already streaming finish.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	return c.unlock()
+}
+
+// Dir is the cache directory.
+func (c *Cache) Dir() string { return c.dir }
+
+// MaxSize is the size bound in bytes.
+func (c *Cache) MaxSize() int64 { return c.max }
+
+// Usage is the number of bytes the committed entries take, each file rounded
+// up to 4 KiB. Files of entries being written, or evicted while still being
+// read, come on top until they are committed or deleted.
+func (c *Cache) Usage() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+// Len is the number of committed entries.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// Has reports whether h is committed. It does not count as a use.
+func (c *Cache) Has(h cache.Hash) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.entries[h] != nil
+}
+
+// Hashes returns the hashes of all committed entries.
+func (c *Cache) Hashes() []cache.Hash {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hs := make([]cache.Hash, 0, len(c.entries))
+	for h := range c.entries {
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// NarInfo returns the narinfo of a committed entry, as in the directory: URL
+// "nar/<file>", the upstream's Compression, FileHash and FileSize of the file
+// on disk, and the signed fields unchanged. It answers from memory and counts
+// as a use. The result is the caller's to change (References and Sigs are
+// shared and must not be modified in place).
+func (c *Cache) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, error) {
+	c.mu.Lock()
+	e := c.entries[h]
+	if e == nil {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("narinfo %s: %w", h, cache.ErrNotFound)
+	}
+	info := *e.info
+	persist := c.touchLocked(e)
+	c.mu.Unlock()
+	c.persistTouch(persist)
+	return &info, nil
+}
+
+// WriteNAR writes bytes [offset, offset+length) of the file of info's path
+// (length < 0: to the end) to w. The entry must hold the same NAR in the same
+// compression as info (the URL may differ); otherwise, and when the path is
+// not here, it returns cache.ErrNotFound before writing anything.
+//
+// An entry still being written is followed: WriteNAR writes what is there
+// and waits for more until the write commits (nil), fails (its error, which
+// wraps cache.ErrHashMismatch when the bytes were bad) or ctx ends. Bytes
+// served from a committed entry were verified before they were committed.
+//
+// When w is an *os.File's peer such as a TCP connection or an
+// http.ResponseWriter, the copy goes through sendfile.
+func (c *Cache) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, offset, length int64) error {
+	h, err := info.Hash()
+	if err != nil {
+		return fmt.Errorf("NAR of %q: %w: %w", info.StorePath, cache.ErrNotFound, err)
+	}
+	if offset < 0 {
+		return fmt.Errorf("NAR %s: negative offset %d", h, offset)
+	}
+	c.mu.Lock()
+	e := c.entries[h]
+	if e == nil {
+		e = c.pending[h]
+	}
+	if e == nil || !sameFile(e.info, info) {
+		c.mu.Unlock()
+		return fmt.Errorf("NAR %s: %w", h, cache.ErrNotFound)
+	}
+	f, err := os.Open(e.nar)
+	if err != nil {
+		// Someone removed the file behind our back: forget the entry.
+		var victims []string
+		if e.w == nil {
+			victims = c.removeLocked(e)
+		}
+		c.mu.Unlock()
+		c.deleteFiles(victims)
+		c.log.Warn("NAR file missing; entry dropped", "hash", h, "err", err)
+		return fmt.Errorf("NAR %s: %w: %w", h, cache.ErrNotFound, err)
+	}
+	e.refs++
+	wr, size := e.w, e.size
+	persist := c.touchLocked(e)
+	c.mu.Unlock()
+	c.persistTouch(persist)
+	defer c.release(e)
+	defer f.Close()
+
+	if wr == nil {
+		// Committed: the size is known; refuse a bad range before writing.
+		if offset > size || (length >= 0 && offset+length > size) {
+			return fmt.Errorf("NAR %s: range %d+%d beyond the file's %d bytes", h, offset, length, size)
+		}
+	}
+	if offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			return fmt.Errorf("NAR %s: %w", h, err)
+		}
+	}
+	end := int64(-1)
+	if length >= 0 {
+		end = offset + length
+	}
+	pos := offset
+	for {
+		avail, done, werr, wake := size, true, error(nil), (<-chan struct{})(nil)
+		if wr != nil {
+			avail, done, werr, wake = wr.progress()
+		}
+		if werr != nil {
+			return fmt.Errorf("NAR %s: %w", h, werr)
+		}
+		if end >= 0 && avail > end {
+			avail = end
+		}
+		if pos < avail {
+			n, err := io.CopyN(w, f, avail-pos)
+			pos += n
+			if err != nil {
+				return fmt.Errorf("NAR %s at byte %d: %w", h, pos, err)
+			}
+			continue
+		}
+		if pos == end {
+			return nil
+		}
+		if done {
+			if end >= 0 && pos < end {
+				return fmt.Errorf("NAR %s: range ends at %d, beyond the file's %d bytes", h, end, pos)
+			}
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return fmt.Errorf("NAR %s: %w", h, ctx.Err())
+		}
+	}
+}
+
+// sameFile reports whether a and b describe the same file: the same NAR in
+// the same compression.
+func sameFile(a, b *cache.NarInfo) bool {
+	return a.NarHash == b.NarHash && a.NarSize == b.NarSize && normCompression(a.Compression) == normCompression(b.Compression)
+}
+
+func normCompression(c string) string {
+	if c == "" {
+		return "none"
+	}
+	return c
+}
+
+// release drops a reader's reference and deletes the file of an entry
+// evicted while it was being read.
+func (c *Cache) release(e *entry) {
+	c.mu.Lock()
+	e.refs--
+	var victims []string
+	if e.refs == 0 && e.evicted {
+		victims = []string{e.nar}
+	}
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+}
+
+// touchLocked marks e most recently used and reports the narinfo whose mtime
+// should be updated, if it is time to persist.
+func (c *Cache) touchLocked(e *entry) string {
+	if e.elem == nil {
+		return "" // pending
+	}
+	c.lru.MoveToFront(e.elem)
+	now := c.now()
+	if now.Sub(e.touched) < touchInterval {
+		return ""
+	}
+	e.touched = now
+	return e.narinfo
+}
+
+// persistTouch records recency on disk: the narinfo's mtime, which Open
+// orders entries by. No fsync: losing the last minutes of recency in a crash
+// costs nothing but a slightly different eviction order.
+func (c *Cache) persistTouch(narinfo string) {
+	if narinfo == "" {
+		return
+	}
+	now := c.now()
+	if err := os.Chtimes(narinfo, now, now); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Debug("persist recency", "file", narinfo, "err", err)
+	}
+}
+
+// evictLocked removes least recently used entries until the committed bytes
+// plus the reservations of pending writes fit in MaxSize. It returns files
+// to delete once the lock is released.
+func (c *Cache) evictLocked() []string {
+	var victims []string
+	for c.used+c.reserved > c.max {
+		back := c.lru.Back()
+		if back == nil {
+			break
+		}
+		e := back.Value.(*entry)
+		c.log.Debug("evict", "hash", e.hash, "bytes", e.size)
+		victims = append(victims, c.removeLocked(e)...)
+	}
+	return victims
+}
+
+// removeLocked takes a committed entry out of the index and the directory.
+// The narinfo goes first and at once, so the entry stops existing on disk
+// even if the process dies now. The NAR is renamed out of the way (so that a
+// new commit of the same path can take its name) and returned for deletion,
+// unless readers hold it: then the last one deletes it.
+func (c *Cache) removeLocked(e *entry) []string {
+	c.lru.Remove(e.elem)
+	e.elem = nil
+	delete(c.entries, e.hash)
+	c.used -= e.cost
+	e.evicted = true
+	if err := os.Remove(e.narinfo); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("remove narinfo", "file", e.narinfo, "err", err)
+	}
+	if c.inv != nil {
+		c.inv.Remove(e.hash)
+	}
+	trash, err := os.CreateTemp(c.narDir, evictedPrefix+e.hash.String()+"-*")
+	if err == nil {
+		trash.Close()
+		if err = os.Rename(e.nar, trash.Name()); err == nil {
+			e.nar = trash.Name()
+		} else {
+			os.Remove(trash.Name())
+		}
+	}
+	if err != nil {
+		// Still delete it below (or at release); a later commit of the same
+		// path writes a different partial file first, so at worst it loses
+		// its file to this deletion and is dropped at the next start-up.
+		c.log.Warn("move evicted NAR aside", "file", e.nar, "err", err)
+	}
+	if e.refs > 0 {
+		return nil
+	}
+	return []string{e.nar}
+}
+
+func (c *Cache) deleteFiles(paths []string) {
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("delete evicted NAR", "file", p, "err", err)
+		}
+	}
+}
+
+// cost is what a committed entry counts against MaxSize.
+func cost(narSize, narinfoSize int64) int64 {
+	return roundUp(narSize) + roundUp(narinfoSize)
+}
+
+func roundUp(n int64) int64 { return (n + blockSize - 1) / blockSize * blockSize }

@@ -52,6 +52,7 @@ type Node struct {
 	started time.Time
 
 	ready    chan struct{}
+	sse      chan struct{} // semaphore bounding /_lancache/events clients
 	mu       sync.Mutex
 	httpAddr net.Addr
 }
@@ -85,6 +86,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		policy: cache.Policy{Mode: mode, Keys: keys},
 		inv:    cache.NewInventory(),
 		ready:  make(chan struct{}),
+		sse:    make(chan struct{}, maxEventClients),
 	}
 	var sources []cache.Source
 	if cfg.StoreRoot != "none" && cfg.StoreRoot != "" {
@@ -122,6 +124,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_lancache/status", n.serveStatus)
+	mux.HandleFunc("GET /_lancache/events", n.serveEvents)
 	mux.Handle("/", n.handler)
 	srv := &http.Server{
 		Handler:           mux,
@@ -185,30 +188,12 @@ func (n *Node) HTTPAddr() net.Addr {
 	return n.httpAddr
 }
 
-// Status is a snapshot of what the node serves and has served.
-type Status struct {
-	Name          string  `json:"name"`
-	Version       string  `json:"version"`
-	UptimeSeconds float64 `json:"uptime_seconds"`
-	Share         string  `json:"share"`
-	StoreRoot     string  `json:"store_root,omitempty"`
-	StorePaths    int     `json:"store_paths"`
-	SharedPaths   int     `json:"shared_paths"`
-	Totals        Totals  `json:"totals"`
-}
-
-// Totals are counters since start.
-type Totals struct {
-	NarInfoHits      uint64 `json:"narinfo_hits"`
-	NarInfoMisses    uint64 `json:"narinfo_misses"`
-	BytesServedToNix uint64 `json:"bytes_served_to_nix"`
-	NarFailures      uint64 `json:"nar_failures"`
-	BadRequests      uint64 `json:"bad_requests"`
-}
-
 // Status returns the node's current status.
 func (n *Node) Status() Status {
 	s := Status{
+		Peers:         []PeerStatus{},
+		Transfers:     []TransferStatus{},
+		HTTPAddr:      addrString(n.HTTPAddr()),
 		Name:          n.cfg.Name,
 		Version:       Version,
 		UptimeSeconds: time.Since(n.started).Seconds(),
@@ -234,4 +219,50 @@ func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(n.Status())
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// maxEventClients bounds concurrent /_lancache/events streams.
+const maxEventClients = 32
+
+// eventInterval is how often /_lancache/events sends a status snapshot.
+const eventInterval = 500 * time.Millisecond
+
+// serveEvents streams the status as server-sent events ("data: <json>"),
+// one snapshot every eventInterval, so `lancache top` updates live without
+// polling.
+func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
+	select {
+	case n.sse <- struct{}{}:
+		defer func() { <-n.sse }()
+	default:
+		http.Error(w, "too many status streams", http.StatusServiceUnavailable)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	t := time.NewTicker(eventInterval)
+	defer t.Stop()
+	for {
+		b, _ := json.Marshal(n.Status())
+		rc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+			return
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/dustin/go-humanize"
@@ -36,7 +37,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
 	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery")
-	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/lancache", "`DIR` for the node identity key and other state")
+	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "`DIR` for the node identity key and other state")
 	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -81,4 +82,19 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// defaultStateDir is /var/lib/lancache for root (the service), and the XDG
+// state directory for a user trying lancache out.
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/lancache"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "lancache")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "lancache")
+	}
+	return "/var/lib/lancache"
 }

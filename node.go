@@ -8,12 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/cache/narcache"
+	"github.com/lancache/lancache/transfer/upstream"
 )
 
 // Version is the lancache version, set at build time with
@@ -47,7 +52,9 @@ type Node struct {
 	log     *slog.Logger
 	policy  cache.Policy
 	inv     *cache.Inventory
-	store   *cache.Store // nil: no local store
+	store   *cache.Store       // nil: no local store
+	disk    *narcache.Cache    // nil: no --cache-dir
+	up      *upstream.Upstream // nil: no --upstream
 	handler *cache.Handler
 	started time.Time
 
@@ -105,6 +112,32 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	} else {
 		n.log.Info("no local store (--store-root none)")
 	}
+	if cfg.CacheDir != "" {
+		dc, err := narcache.Open(ctx, narcache.Config{
+			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: n.inv, Logger: cfg.Logger,
+		})
+		if err != nil {
+			n.closeSources()
+			return nil, fmt.Errorf("--cache-dir: %w", err)
+		}
+		n.disk = dc
+		sources = append(sources, dc)
+	}
+	if len(cfg.Upstreams) > 0 {
+		up, err := upstream.New(upstream.Config{URLs: cfg.Upstreams, TrustedKeys: keys, Logger: cfg.Logger}, n.disk)
+		if err != nil {
+			n.closeSources()
+			return nil, fmt.Errorf("--upstream: %w", err)
+		}
+		if n.disk == nil {
+			n.log.Warn("--upstream without --cache-dir: NARs are streamed through, verified, but not kept; concurrent requests are not coalesced")
+		}
+		n.up = up
+	}
+	// The order is the cost order: local disk, then the LAN, then the WAN.
+	if n.up != nil {
+		sources = append(sources, n.up)
+	}
 	n.handler = cache.NewHandler(cache.HandlerConfig{Logger: cfg.Logger}, sources...)
 	return n, nil
 }
@@ -115,7 +148,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
 	if err != nil {
-		n.closeStore()
+		n.closeSources()
 		return fmt.Errorf("listen on %s (--http): %w", n.cfg.HTTPAddr, err)
 	}
 	n.mu.Lock()
@@ -157,11 +190,19 @@ func (n *Node) Run(ctx context.Context) error {
 	n.logServing()
 	close(n.ready)
 	err = g.Wait()
-	n.closeStore()
+	n.closeSources()
 	return err
 }
 
-func (n *Node) closeStore() {
+// closeSources releases what New opened; the upstream first, since its
+// downloads write into the disk cache.
+func (n *Node) closeSources() {
+	if n.up != nil {
+		n.up.Close()
+	}
+	if n.disk != nil {
+		n.disk.Close()
+	}
 	if n.store != nil {
 		n.store.Close()
 	}
@@ -173,6 +214,13 @@ func (n *Node) logServing() {
 	if n.store != nil {
 		valid, shared := n.store.Len()
 		what = fmt.Sprintf("local store %s (%d paths, %d shared by policy %q)", n.store.Root(), valid, shared, n.policy.Mode)
+	}
+	if n.disk != nil {
+		what += fmt.Sprintf("; NAR cache %s (%d entries, %s of %s)", n.disk.Dir(), n.disk.Len(),
+			humanize.IBytes(uint64(n.disk.Usage())), humanize.IBytes(uint64(n.disk.MaxSize())))
+	}
+	if n.up != nil {
+		what += fmt.Sprintf("; pull-through from %s", strings.Join(n.cfg.Upstreams, ", "))
 	}
 	n.log.Info("lancache serving", "serves", what, "http", addr)
 	n.log.Info("point Nix at it", "nix.conf", fmt.Sprintf("substituters = http://%s https://cache.nixos.org", addr))
@@ -203,14 +251,21 @@ func (n *Node) Status() Status {
 		s.StoreRoot = n.store.Root()
 		s.StorePaths, s.SharedPaths = n.store.Len()
 	}
-	st := n.handler.Stats()
-	s.Totals = Totals{
-		NarInfoHits:      st.NarInfoHits.Load(),
-		NarInfoMisses:    st.NarInfoMisses.Load(),
-		BytesServedToNix: st.NarBytes.Load(),
-		NarFailures:      st.NarFailures.Load(),
-		BadRequests:      st.BadRequests.Load(),
+	if n.disk != nil {
+		s.Cache = &CacheStatus{Dir: n.disk.Dir(), Entries: n.disk.Len(), UsedBytes: n.disk.Usage(), MaxBytes: n.disk.MaxSize()}
 	}
+	if n.up != nil {
+		s.Upstreams = n.cfg.Upstreams
+		us := n.up.Stats()
+		s.Totals.BytesFromUpstream = us.NARBytes
+		s.Totals.VerificationFailures += us.VerifyFailures
+	}
+	st := n.handler.Stats()
+	s.Totals.NarInfoHits = st.NarInfoHits.Load()
+	s.Totals.NarInfoMisses = st.NarInfoMisses.Load()
+	s.Totals.BytesServedToNix = st.NarBytes.Load()
+	s.Totals.NarFailures = st.NarFailures.Load()
+	s.Totals.BadRequests = st.BadRequests.Load()
 	return s
 }
 

@@ -11,7 +11,6 @@ import (
 	"io"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 )
 
 // ErrHashMismatch means bytes did not match the NarHash or NarSize of their
@@ -61,11 +60,7 @@ func NewDecompressor(c string, r io.Reader) (io.ReadCloser, error) {
 		}
 		return d.IOReadCloser(), nil
 	case "xz":
-		d, err := xz.NewReader(r)
-		if err != nil {
-			return nil, fmt.Errorf("xz: %w", err)
-		}
-		return io.NopCloser(d), nil
+		return newXZReader(r)
 	case "bzip2":
 		return io.NopCloser(bzip2.NewReader(r)), nil
 	}

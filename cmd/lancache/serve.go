@@ -10,9 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/dustin/go-humanize"
-
 	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/cache/narcache"
 )
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
@@ -27,11 +26,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		logLevel  string
 	)
 	fs.StringVar(&cfg.StoreRoot, "store-root", "/", "`DIR` holding nix/store and nix/var/nix/db; \"none\" for no local store (appliance)")
-	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "on-disk NAR cache `DIR` (appliance mode; not yet implemented: accepted and ignored)")
+	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "on-disk NAR cache `DIR`, laid out as a Nix binary cache (appliance mode)")
 	fs.StringVar(&maxSize, "cache-max-size", "10GiB", "size bound of --cache-dir, e.g. 50GiB or 200GB")
 	fs.StringVar(&cfg.HTTPAddr, "http", "127.0.0.1:37515", "`ADDR` of the Nix-facing binary cache and status API")
 	fs.StringVar(&cfg.QUICAddr, "quic", ":37516", "UDP `ADDR` of the peer listener")
-	fs.Var(&upstreams, "upstream", "pull-through binary cache `URL`, repeatable, tried in order (coming with appliance mode)")
+	fs.Var(&upstreams, "upstream", "pull-through binary cache `URL`, repeatable, tried in order; with --cache-dir each NAR is downloaded once for the LAN")
 	fs.StringVar(&cfg.TrustedPublicKeys, "trusted-public-keys", lancache.DefaultTrustedPublicKeys, "space-separated `KEYS` (name:base64) whose signatures make a path shareable and a peer's narinfo acceptable")
 	fs.StringVar(&cfg.Share, "share", "signed", "which local store paths to offer: signed (only paths signed by a trusted key), all, or none")
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
@@ -46,11 +45,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	size, err := humanize.ParseBytes(maxSize)
+	size, err := narcache.ParseSize(maxSize)
 	if err != nil {
 		return fmt.Errorf("--cache-max-size %q: %w", maxSize, err)
 	}
-	cfg.CacheMaxSize = int64(size)
+	cfg.CacheMaxSize = size
 	cfg.Upstreams, cfg.Peers = upstreams, peers
 	log, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {

@@ -1,0 +1,606 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/lancache/lancache/cache"
+)
+
+// session is one connection with a peer that completed the hello.
+type session struct {
+	n      *Node
+	conn   *quic.Conn
+	ctrl   *quic.Stream
+	id     string
+	name   string
+	addr   net.Addr
+	dialed bool    // this node dialed it
+	target *target // the target it was dialed for, if dialed
+	since  time.Time
+	slot   int
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when run returns
+
+	ctrlMu  sync.Mutex    // serialises writes to ctrl
+	resync  chan struct{} // the peer asked for a new snapshot
+	uploads chan struct{} // semaphore of NAR transfers served to the peer
+	streams sync.WaitGroup
+
+	active   atomic.Int32 // requests this node has in flight to the peer
+	bytesIn  atomic.Int64 // file bytes received from the peer
+	bytesOut atomic.Int64 // file bytes sent to the peer
+}
+
+// dialerID is the id of the node that dialed the connection.
+func (s *session) dialerID() string {
+	if s.dialed {
+		return s.n.ident.id
+	}
+	return s.id
+}
+
+func (s *session) String() string { return s.id[:8] + "/" + s.name }
+
+// connPeerID is the node id of the peer's certificate key.
+func connPeerID(conn *quic.Conn) (string, error) {
+	cs := conn.ConnectionState().TLS
+	if len(cs.PeerCertificates) == 0 {
+		return "", errors.New("peer sent no certificate")
+	}
+	pub, ok := cs.PeerCertificates[0].PublicKey.(ed25519.PublicKey)
+	if !ok {
+		return "", errors.New("peer key is not ed25519")
+	}
+	return NodeID(pub), nil
+}
+
+// startSession runs the hello exchange on a new connection and registers
+// the session. On error the connection is closed with a code saying why.
+func (n *Node) startSession(ctx context.Context, conn *quic.Conn, dialed bool) (*session, error) {
+	s, code, err := n.handshake(ctx, conn, dialed)
+	if err == nil {
+		if err = n.register(s); err != nil {
+			code = codeTooMany
+			switch {
+			case errors.Is(err, errDuplicate):
+				code = codeDuplicate
+			case errors.Is(err, errShutdown):
+				code = codeShutdown
+			}
+		}
+	}
+	if err != nil {
+		msg := err.Error()
+		if code == codeFleet {
+			// Say it from the refused node's point of view.
+			msg = "not in this fleet: fleet keys differ or one side has none"
+		}
+		conn.CloseWithError(code, clipMsg(msg))
+		return nil, err
+	}
+	n.log.Info("peer connected", "peer", s.id, "name", s.name, "addr", s.addr.String(), "dialed", dialed)
+	return s, nil
+}
+
+func (n *Node) handshake(ctx context.Context, conn *quic.Conn, dialed bool) (*session, quic.ApplicationErrorCode, error) {
+	pid, err := connPeerID(conn)
+	if err != nil {
+		return nil, codeIdentity, err
+	}
+	if pid == n.ident.id {
+		return nil, codeSelf, errors.New("connected to itself")
+	}
+	tlsState := conn.ConnectionState().TLS
+	myRole, peerRole := roleAcceptor, roleDialer
+	if dialed {
+		myRole, peerRole = roleDialer, roleAcceptor
+	}
+	proof, err := fleetProof(n.cfg.FleetKey, &tlsState, myRole)
+	if err != nil {
+		return nil, codeFleet, err
+	}
+	mine := (&hello{Version: protocolVersion, Caps: capsNone, ID: n.ident.id, Name: n.cfg.Name, Proof: proof}).marshal()
+
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	var ctrl *quic.Stream
+	if dialed {
+		ctrl, err = conn.OpenStreamSync(hctx)
+	} else {
+		ctrl, err = conn.AcceptStream(hctx)
+	}
+	if err != nil {
+		return nil, codeProtocol, fmt.Errorf("control stream: %w", err)
+	}
+	deadline := time.Now().Add(handshakeTimeout)
+	ctrl.SetDeadline(deadline)
+	if dialed {
+		if err := writeFrame(ctrl, typeHello, mine); err != nil {
+			return nil, codeProtocol, fmt.Errorf("send hello: %w", err)
+		}
+	}
+	t, p, err := readFrame(ctrl)
+	if err == nil && t != typeHello {
+		err = fmt.Errorf("%w: frame type %#x before hello", ErrProtocol, t)
+	}
+	if err != nil {
+		return nil, codeProtocol, fmt.Errorf("read hello: %w", err)
+	}
+	h, err := parseHello(p)
+	if err != nil {
+		return nil, codeProtocol, fmt.Errorf("hello: %w", err)
+	}
+	if h.Version != protocolVersion {
+		return nil, codeVersion, fmt.Errorf("peer speaks protocol version %d, this node %d", h.Version, protocolVersion)
+	}
+	if h.ID != pid {
+		return nil, codeIdentity, fmt.Errorf("peer claims id %q but its key is %s", h.ID, pid)
+	}
+	if err := checkFleet(n.cfg.FleetKey, &tlsState, peerRole, h.Proof); err != nil {
+		return nil, codeFleet, fmt.Errorf("peer %s (%s): %w", pid, h.Name, err)
+	}
+	if !dialed {
+		if err := writeFrame(ctrl, typeHello, mine); err != nil {
+			return nil, codeProtocol, fmt.Errorf("send hello: %w", err)
+		}
+	}
+	ctrl.SetDeadline(time.Time{})
+
+	sctx, scancel := context.WithCancelCause(ctx)
+	s := &session{
+		n:       n,
+		conn:    conn,
+		ctrl:    ctrl,
+		id:      pid,
+		name:    h.Name,
+		addr:    conn.RemoteAddr(),
+		dialed:  dialed,
+		since:   time.Now(),
+		ctx:     sctx,
+		cancel:  scancel,
+		done:    make(chan struct{}),
+		resync:  make(chan struct{}, 1),
+		uploads: make(chan struct{}, n.cfg.MaxUploadsPerPeer),
+	}
+	return s, codeNormal, nil
+}
+
+// run serves the session until the connection or the node ends, then
+// closes the connection and drops the peer's inventory.
+func (s *session) run() {
+	defer close(s.done)
+	stop := context.AfterFunc(s.conn.Context(), func() { s.cancel(context.Cause(s.conn.Context())) })
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.cancel(s.readControl()) })
+	wg.Go(func() { s.cancel(s.writeControl()) })
+	wg.Go(func() { s.cancel(s.acceptStreams()) })
+	<-s.ctx.Done()
+	cause := context.Cause(s.ctx)
+	code := codeNormal
+	switch {
+	case errors.Is(cause, ErrProtocol), errors.Is(cause, errTooManyPaths):
+		code = codeProtocol
+	case errors.Is(cause, errDuplicate):
+		code = codeDuplicate
+	case errors.Is(cause, errShutdown):
+		code = codeShutdown
+	}
+	s.conn.CloseWithError(code, clipMsg(cause.Error()))
+	wg.Wait()
+	s.streams.Wait()
+	s.n.unregister(s)
+	switch {
+	case code == codeProtocol:
+		s.n.log.Warn("peer disconnected: protocol violation", "peer", s.id, "name", s.name, "err", cause)
+	case isDuplicate(cause):
+		s.n.log.Debug("duplicate connection closed", "peer", s.id)
+	default:
+		s.n.log.Info("peer disconnected", "peer", s.id, "name", s.name, "reason", cause)
+	}
+}
+
+// errTooManyPaths disconnects a peer whose inventory exceeds MaxPeerPaths.
+var errTooManyPaths = errors.New("peer inventory exceeds the limit")
+
+// readControl applies the peer's inventory messages to the index.
+func (s *session) readControl() error {
+	var (
+		synced bool // a snapshot was applied and no divergence seen since
+		seq    uint64
+		fp     uint64
+	)
+	askResync := func(why string, args ...any) error {
+		if synced {
+			s.n.log.Info("peer inventory diverged, asking for a snapshot", append([]any{"peer", s.id, "why", why}, args...)...)
+		}
+		synced = false
+		return s.writeCtrl(typeResync, nil)
+	}
+	for {
+		s.ctrl.SetReadDeadline(time.Now().Add(3*s.n.cfg.KeepAlive + 5*time.Second))
+		t, p, err := readFrame(s.ctrl)
+		if err != nil {
+			return fmt.Errorf("control stream: %w", err)
+		}
+		switch t {
+		case typeSnapshot:
+			m, err := parseSnapshot(p)
+			if err != nil {
+				return err
+			}
+			if int64(m.Count) > int64(s.n.cfg.MaxPeerPaths) {
+				return fmt.Errorf("%w: snapshot of %d paths", errTooManyPaths, m.Count)
+			}
+			keys, err := decodeKeys(m.Data, int(m.Count), m.K)
+			if err != nil {
+				return err
+			}
+			s.n.idx.replace(s.slot, keys)
+			synced, seq, fp = true, m.Seq, m.FP
+			s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", len(keys), "bytes", len(p))
+		case typeDelta:
+			m, err := parseDelta(p)
+			if err != nil {
+				return err
+			}
+			if !synced {
+				continue // a snapshot is on its way
+			}
+			if m.From != seq {
+				if err := askResync("sequence gap", "have", seq, "got", m.From); err != nil {
+					return err
+				}
+				continue
+			}
+			ops := make([]keyOp, len(m.Changes))
+			for i, c := range m.Changes {
+				ops[i] = keyOp{key: keyOf(c.Hash), remove: c.Removed}
+				fp ^= cache.HashKey(c.Hash)
+			}
+			if n := s.n.idx.apply(s.slot, ops); n > s.n.cfg.MaxPeerPaths {
+				return fmt.Errorf("%w: %d paths", errTooManyPaths, n)
+			}
+			seq = m.To
+			if fp != m.FP {
+				if err := askResync("fingerprint mismatch", "seq", seq); err != nil {
+					return err
+				}
+			}
+		case typePing:
+			m, err := parsePing(p)
+			if err != nil {
+				return err
+			}
+			if synced && (m.Seq != seq || m.FP != fp) {
+				if err := askResync("ping disagrees", "seq", seq, "peer_seq", m.Seq); err != nil {
+					return err
+				}
+			}
+		case typeResync:
+			select {
+			case s.resync <- struct{}{}:
+			default:
+			}
+		default:
+			return fmt.Errorf("%w: frame type %#x on the control stream", ErrProtocol, t)
+		}
+	}
+}
+
+// writeCtrl writes one frame to the control stream. Both the writer and
+// the reader (resync requests) send on it.
+func (s *session) writeCtrl(t byte, payload []byte) error {
+	s.ctrlMu.Lock()
+	defer s.ctrlMu.Unlock()
+	s.ctrl.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return writeFrame(s.ctrl, t, payload)
+}
+
+// writeControl sends this node's inventory: a snapshot, then deltas as it
+// changes, pings in between, and a new snapshot when the peer asks.
+func (s *session) writeControl() error {
+	inv := s.n.inv
+	var seq, fp uint64
+	send := func(t byte, payload []byte) error {
+		if err := s.writeCtrl(t, payload); err != nil {
+			return fmt.Errorf("control stream: %w", err)
+		}
+		return nil
+	}
+	snapshot := func() error {
+		hs, sq, f := inv.Snapshot()
+		keys := keysOf(hs)
+		k, data := encodeKeys(keys)
+		m := &snapshot{Seq: sq, FP: f, Count: uint32(len(keys)), K: k, Data: data}
+		if len(data) > maxSnapshotPayload {
+			return fmt.Errorf("inventory of %d paths is too large to send", len(keys))
+		}
+		seq, fp = sq, f
+		return send(typeSnapshot, m.marshal())
+	}
+	if err := snapshot(); err != nil {
+		return err
+	}
+	tick := time.NewTicker(s.n.cfg.KeepAlive)
+	defer tick.Stop()
+	for {
+		changed := inv.Changed()
+		ds, now, f, ok := inv.Since(seq)
+		switch {
+		case !ok:
+			if err := snapshot(); err != nil {
+				return err
+			}
+		case len(ds) > 0:
+			for len(ds) > 0 {
+				part := ds[:min(len(ds), maxDeltaEntries)]
+				ds = ds[len(part):]
+				m := &delta{From: seq, To: seq + uint64(len(part)), Changes: part}
+				m.FP = fp
+				for _, c := range part {
+					m.FP ^= cache.HashKey(c.Hash)
+				}
+				if err := send(typeDelta, m.marshal()); err != nil {
+					return err
+				}
+				seq, fp = m.To, m.FP
+			}
+			if seq != now || fp != f {
+				// Cannot happen with a consistent inventory; heal anyway.
+				if err := snapshot(); err != nil {
+					return err
+				}
+			}
+		}
+		select {
+		case <-s.ctx.Done():
+			return nil
+		case <-changed:
+			// Let a burst of changes (a GC, a big download) gather into
+			// one message.
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-s.ctx.Done():
+				return nil
+			}
+		case <-s.resync:
+			if err := snapshot(); err != nil {
+				return err
+			}
+		case <-tick.C:
+			if err := send(typePing, (&ping{Seq: seq, FP: fp}).marshal()); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// acceptStreams serves the peer's requests, one goroutine per stream; their
+// number is bounded by the QUIC stream limit (MaxStreamsPerPeer).
+func (s *session) acceptStreams() error {
+	for {
+		st, err := s.conn.AcceptStream(s.ctx)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("accept stream: %w", err)
+		}
+		s.streams.Go(func() {
+			if err := s.serve(st); err != nil {
+				if errors.Is(err, ErrProtocol) {
+					s.cancel(err)
+				} else {
+					s.n.log.Debug("request failed", "peer", s.id, "err", err)
+				}
+			}
+		})
+	}
+}
+
+// serve answers one request stream.
+func (s *session) serve(st *quic.Stream) error {
+	st.SetReadDeadline(time.Now().Add(requestTimeout))
+	t, p, err := readFrame(st)
+	if err == nil {
+		err = expectEOF(st)
+	}
+	if err != nil {
+		st.CancelRead(streamCanceled)
+		st.CancelWrite(streamCanceled)
+		return err
+	}
+	switch t {
+	case typeNarInfoReq:
+		h, err := parseNarInfoReq(p)
+		if err != nil {
+			st.CancelWrite(streamCanceled)
+			return err
+		}
+		return s.serveNarInfo(st, h)
+	case typeNarReq:
+		m, err := parseNarReq(p)
+		if err != nil {
+			st.CancelWrite(streamCanceled)
+			return err
+		}
+		return s.serveNAR(st, m)
+	}
+	st.CancelWrite(streamCanceled)
+	return fmt.Errorf("%w: frame type %#x on a request stream", ErrProtocol, t)
+}
+
+// expectEOF reads the end of a stream that must carry nothing more.
+func expectEOF(r io.Reader) error {
+	var b [1]byte
+	n, err := r.Read(b[:])
+	if n > 0 {
+		return fmt.Errorf("%w: data after the message", ErrProtocol)
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	if err == nil {
+		// A Read of 0 bytes without error: ask once more.
+		n, err = r.Read(b[:])
+		if n > 0 {
+			return fmt.Errorf("%w: data after the message", ErrProtocol)
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+	}
+	return err
+}
+
+func (s *session) serveNarInfo(st *quic.Stream, h cache.Hash) error {
+	st.SetWriteDeadline(time.Now().Add(requestTimeout))
+	resp := []byte{statusNotFound}
+	if s.n.inv.Has(h) {
+		ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
+		info, err := s.n.local.NarInfo(ctx, h)
+		cancel()
+		switch {
+		case err == nil:
+			text, merr := info.MarshalText()
+			if merr != nil || len(text) > cache.MaxNarInfoSize {
+				resp = []byte{statusInternal}
+				break
+			}
+			resp = append([]byte{statusOK}, text...)
+		case errors.Is(err, cache.ErrNotFound):
+		default:
+			s.n.log.Warn("local narinfo failed", "hash", h.String(), "err", err)
+			resp = []byte{statusInternal}
+		}
+	}
+	if err := writeFrame(st, typeNarInfoResp, resp); err != nil {
+		return fmt.Errorf("send narinfo %s: %w", h, err)
+	}
+	return st.Close()
+}
+
+func normCompression(c string) string {
+	if c == "" {
+		return "none"
+	}
+	return c
+}
+
+func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
+	st.SetWriteDeadline(time.Now().Add(requestTimeout))
+	answer := func(status byte) error {
+		if err := writeFrame(st, typeNarResp, narResp(status, 0)); err != nil {
+			return err
+		}
+		return st.Close()
+	}
+	if !s.n.inv.Has(m.Hash) {
+		return answer(statusNotFound)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	ictx, icancel := context.WithTimeout(ctx, requestTimeout)
+	info, err := s.n.local.NarInfo(ictx, m.Hash)
+	icancel()
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		return answer(statusNotFound)
+	case err != nil:
+		s.n.log.Warn("local narinfo failed", "hash", m.Hash.String(), "err", err)
+		return answer(statusInternal)
+	}
+	size := uint64(cache.FileSize(info))
+	if info.NarHash != m.NarHash || normCompression(info.Compression) != normCompression(m.Compression) || size != m.FileSize {
+		return answer(statusOtherFile)
+	}
+	if m.Offset > size {
+		return answer(statusBadRequest)
+	}
+	n := size - m.Offset
+	if m.Length != toEnd && m.Length < n {
+		n = m.Length
+	}
+	select {
+	case s.uploads <- struct{}{}:
+		defer func() { <-s.uploads }()
+	default:
+		return answer(statusBusy)
+	}
+	if err := writeFrame(st, typeNarResp, narResp(statusOK, n)); err != nil {
+		return err
+	}
+	dw := &deadlineWriter{st: st, stall: s.n.cfg.StallTimeout, count: &s.bytesOut}
+	bw := bufio.NewWriterSize(dw, 256<<10)
+	lw := &limitWriter{w: bw, left: int64(n)}
+	err = s.n.local.WriteNAR(ctx, lw, info, int64(m.Offset), int64(n))
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil && lw.left != 0 {
+		err = fmt.Errorf("local source wrote %d bytes less than asked", lw.left)
+	}
+	if err != nil {
+		// Reset, so the peer sees a failure and not a short file.
+		st.CancelWrite(streamInternal)
+		return fmt.Errorf("serve NAR %s: %w", m.Hash, err)
+	}
+	return st.Close()
+}
+
+// deadlineWriter pushes the stream's write deadline forward as bytes go
+// out, so a peer that stops reading is given up after the stall timeout.
+type deadlineWriter struct {
+	st    *quic.Stream
+	stall time.Duration
+	last  time.Time
+	count *atomic.Int64
+}
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(w.last) > w.stall/8 {
+		w.st.SetWriteDeadline(now.Add(w.stall))
+		w.last = now
+	}
+	n, err := w.st.Write(p)
+	w.count.Add(int64(n))
+	return n, err
+}
+
+// limitWriter refuses to write past the range a request asked for.
+type limitWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (w *limitWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > w.left {
+		return 0, errors.New("local source wrote past the requested range")
+	}
+	n, err := w.w.Write(p)
+	w.left -= int64(n)
+	return n, err
+}
+
+// clipMsg bounds an error message sent in a CONNECTION_CLOSE frame.
+func clipMsg(s string) string {
+	const max = 200
+	if len(s) > max {
+		return s[:max]
+	}
+	return s
+}

@@ -1,0 +1,495 @@
+package transfer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"unicode/utf8"
+
+	"github.com/lancache/lancache/cache"
+)
+
+// Wire format.
+//
+// Every message on every stream is one frame:
+//
+//	 0        1        2                 6
+//	+--------+--------+-----------------+----------------------+
+//	| ver u8 | type u8| length u32 (BE) | payload (length B)   |
+//	+--------+--------+-----------------+----------------------+
+//
+// ver is frameVersion. Each type has a hard upper bound on length
+// (maxPayload); a frame of an unknown version or type, or longer than its
+// bound, is a protocol error and closes the connection before the payload is
+// read. Integers are big-endian. A payload must be consumed exactly: trailing
+// bytes are a protocol error too.
+//
+// Streams:
+//   - The dialer opens the first bidirectional stream, the control stream,
+//     and sends Hello; the acceptor answers with its own Hello. Then each
+//     side sends its inventory on it (one Snapshot, then Deltas and Pings)
+//     and may ask for a new Snapshot with Resync.
+//   - Every other bidirectional stream carries one request (NarInfoReq or
+//     NarReq, then FIN) and one response. A NarResp with status OK is
+//     followed by exactly its length in raw file bytes and FIN.
+const (
+	frameVersion   = 1
+	frameHeaderLen = 6
+)
+
+// Frame types.
+const (
+	typeHello       byte = 0x01
+	typeSnapshot    byte = 0x02
+	typeDelta       byte = 0x03
+	typePing        byte = 0x04
+	typeResync      byte = 0x05
+	typeNarInfoReq  byte = 0x10
+	typeNarInfoResp byte = 0x11
+	typeNarReq      byte = 0x12
+	typeNarResp     byte = 0x13
+)
+
+// Bounds of individual fields.
+const (
+	maxIDLen        = 64
+	maxNameLen      = 64
+	maxCompLen      = 16
+	maxDeltaEntries = 4096
+	proofLen        = 32
+	// maxSnapshotPayload bounds one inventory snapshot: about 4 million
+	// paths at 48-bit keys.
+	maxSnapshotPayload = 16 << 20
+)
+
+// maxPayload is the hard bound per frame type; types not listed are
+// rejected.
+var maxPayload = [256]uint32{
+	typeHello:       2 + 8 + 1 + maxIDLen + 1 + maxNameLen + 1 + proofLen,
+	typeSnapshot:    8 + 8 + 4 + 1 + maxSnapshotPayload,
+	typeDelta:       8 + 8 + 8 + 2 + maxDeltaEntries*(1+20),
+	typePing:        8 + 8,
+	typeResync:      0,
+	typeNarInfoReq:  20,
+	typeNarInfoResp: 1 + cache.MaxNarInfoSize,
+	typeNarReq:      20 + 32 + 8 + 8 + 8 + 1 + maxCompLen,
+	typeNarResp:     1 + 8,
+}
+
+// known reports whether t is a frame type this version understands.
+func known(t byte) bool {
+	switch t {
+	case typeHello, typeSnapshot, typeDelta, typePing, typeResync,
+		typeNarInfoReq, typeNarInfoResp, typeNarReq, typeNarResp:
+		return true
+	}
+	return false
+}
+
+// ErrProtocol is wrapped by every error caused by bytes a peer sent that do
+// not follow the protocol (garbled, oversized, unexpected). The connection
+// they came on is closed.
+var ErrProtocol = errors.New("protocol violation")
+
+// writeFrame writes one frame. The payload must respect maxPayload[t].
+func writeFrame(w io.Writer, t byte, payload []byte) error {
+	if uint64(len(payload)) > uint64(maxPayload[t]) || !known(t) {
+		return fmt.Errorf("frame type %#x: payload of %d bytes exceeds its bound", t, len(payload))
+	}
+	buf := make([]byte, frameHeaderLen, frameHeaderLen+len(payload))
+	buf[0] = frameVersion
+	buf[1] = t
+	binary.BigEndian.PutUint32(buf[2:], uint32(len(payload)))
+	// One write per frame: small frames go out in one packet.
+	_, err := w.Write(append(buf, payload...))
+	return err
+}
+
+// readFrame reads one frame, checking version, type and bound before the
+// payload is read. The payload buffer grows with what actually arrives, so
+// a peer announcing a large frame and sending nothing costs no memory.
+func readFrame(r io.Reader) (byte, []byte, error) {
+	var hdr [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, fmt.Errorf("%w: truncated frame header", ErrProtocol)
+		}
+		return 0, nil, err
+	}
+	if hdr[0] != frameVersion {
+		return 0, nil, fmt.Errorf("%w: frame version %d, want %d", ErrProtocol, hdr[0], frameVersion)
+	}
+	t := hdr[1]
+	if !known(t) {
+		return 0, nil, fmt.Errorf("%w: unknown frame type %#x", ErrProtocol, t)
+	}
+	n := binary.BigEndian.Uint32(hdr[2:])
+	if n > maxPayload[t] {
+		return 0, nil, fmt.Errorf("%w: frame type %#x of %d bytes exceeds bound %d", ErrProtocol, t, n, maxPayload[t])
+	}
+	if n == 0 {
+		return t, nil, nil
+	}
+	var b bytes.Buffer
+	if n <= 64<<10 {
+		b.Grow(int(n))
+	}
+	m, err := b.ReadFrom(io.LimitReader(r, int64(n)))
+	if m != int64(n) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, fmt.Errorf("%w: frame type %#x truncated after %d of %d bytes: %w", ErrProtocol, t, m, n, err)
+	}
+	return t, b.Bytes(), nil
+}
+
+// decoder reads fixed fields from a payload; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
+	}
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || len(d.b) < n {
+		d.fail("payload too short")
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u8() byte {
+	if p := d.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (d *decoder) u16() uint16 {
+	if p := d.take(2); p != nil {
+		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if p := d.take(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if p := d.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+// str reads a u8 length and that many bytes of printable UTF-8, at most max.
+func (d *decoder) str(max int, what string) string {
+	n := int(d.u8())
+	if n > max {
+		d.fail("%s of %d bytes exceeds %d", what, n, max)
+		return ""
+	}
+	p := d.take(n)
+	if d.err != nil {
+		return ""
+	}
+	if !printable(p) {
+		d.fail("%s is not printable UTF-8", what)
+		return ""
+	}
+	return string(p)
+}
+
+// end checks that the payload was consumed exactly.
+func (d *decoder) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+func printable(p []byte) bool {
+	if !utf8.Valid(p) {
+		return false
+	}
+	for _, r := range string(p) {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = append(b, byte(len(s)))
+	return append(b, s...)
+}
+
+// hello is the first message on the control stream, in each direction.
+//
+//	version u16 | caps u64 | idLen u8 | id | nameLen u8 | name | proofLen u8 | proof
+//
+// id is the sender's node id (must match its certificate), name its
+// human-readable name, proof the fleet proof (0 bytes without a fleet key,
+// else 32 bytes, see fleetProof).
+type hello struct {
+	Version uint16
+	Caps    uint64
+	ID      string
+	Name    string
+	Proof   []byte
+}
+
+// protocolVersion is the version of the messages (not of the framing).
+const protocolVersion = 1
+
+// Capability bits in hello.Caps. None are defined yet; unknown bits are
+// ignored so that later versions can add some.
+const capsNone = 0
+
+func (h *hello) marshal() []byte {
+	b := binary.BigEndian.AppendUint16(nil, h.Version)
+	b = binary.BigEndian.AppendUint64(b, h.Caps)
+	b = appendStr(b, h.ID)
+	b = appendStr(b, h.Name)
+	b = append(b, byte(len(h.Proof)))
+	return append(b, h.Proof...)
+}
+
+func parseHello(p []byte) (*hello, error) {
+	d := decoder{b: p}
+	h := &hello{Version: d.u16(), Caps: d.u64()}
+	h.ID = d.str(maxIDLen, "node id")
+	h.Name = d.str(maxNameLen, "name")
+	n := int(d.u8())
+	if n != 0 && n != proofLen {
+		d.fail("fleet proof of %d bytes", n)
+	}
+	if pr := d.take(n); n > 0 && pr != nil {
+		h.Proof = append([]byte(nil), pr...)
+	}
+	return h, d.end()
+}
+
+// snapshot is a whole inventory.
+//
+//	seq u64 | fp u64 | count u32 | k u8 | rice-coded keys
+//
+// seq is the sender's inventory sequence number, fp its fingerprint (see
+// cache.Inventory.Fingerprint) and count the number of distinct 48-bit keys,
+// coded as described at encodeKeys.
+type snapshot struct {
+	Seq   uint64
+	FP    uint64
+	Count uint32
+	K     uint8
+	Data  []byte
+}
+
+func (s *snapshot) marshal() []byte {
+	b := make([]byte, 0, 21+len(s.Data))
+	b = binary.BigEndian.AppendUint64(b, s.Seq)
+	b = binary.BigEndian.AppendUint64(b, s.FP)
+	b = binary.BigEndian.AppendUint32(b, s.Count)
+	b = append(b, s.K)
+	return append(b, s.Data...)
+}
+
+func parseSnapshot(p []byte) (*snapshot, error) {
+	d := decoder{b: p}
+	s := &snapshot{Seq: d.u64(), FP: d.u64(), Count: d.u32(), K: d.u8()}
+	if d.err == nil && s.K >= keyBits {
+		d.fail("rice parameter %d", s.K)
+	}
+	s.Data = d.take(len(d.b))
+	return s, d.end()
+}
+
+// delta is a batch of inventory changes.
+//
+//	from u64 | to u64 | fp u64 | n u16 | n × (op u8 | hash [20]u8)
+//
+// It moves the receiver's copy from sequence number from to to (to-from =
+// n, one number per change); fp is the fingerprint after it. op is 1 for added, 0 for removed. n ≤ 4096: larger
+// batches are split, each part with its own to and fp.
+type delta struct {
+	From, To uint64
+	FP       uint64
+	Changes  []cache.Delta
+}
+
+func (m *delta) marshal() []byte {
+	b := make([]byte, 0, 26+21*len(m.Changes))
+	b = binary.BigEndian.AppendUint64(b, m.From)
+	b = binary.BigEndian.AppendUint64(b, m.To)
+	b = binary.BigEndian.AppendUint64(b, m.FP)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Changes)))
+	for _, c := range m.Changes {
+		op := byte(1)
+		if c.Removed {
+			op = 0
+		}
+		b = append(b, op)
+		b = append(b, c.Hash[:]...)
+	}
+	return b
+}
+
+func parseDelta(p []byte) (*delta, error) {
+	d := decoder{b: p}
+	m := &delta{From: d.u64(), To: d.u64(), FP: d.u64()}
+	n := int(d.u16())
+	if n > maxDeltaEntries {
+		d.fail("delta of %d entries", n)
+	}
+	if d.err == nil && m.To-m.From != uint64(n) {
+		// Every change is one sequence number.
+		d.fail("delta from %d to %d has %d entries", m.From, m.To, n)
+	}
+	if d.err == nil && len(d.b) != n*21 {
+		d.fail("delta of %d entries has %d bytes", n, len(d.b))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	m.Changes = make([]cache.Delta, n)
+	for i := range m.Changes {
+		op := d.u8()
+		if op > 1 {
+			d.fail("delta op %d", op)
+			break
+		}
+		m.Changes[i].Removed = op == 0
+		copy(m.Changes[i].Hash[:], d.take(20))
+	}
+	return m, d.end()
+}
+
+// ping is the keepalive on the control stream.
+//
+//	seq u64 | fp u64
+//
+// It repeats the sequence number and fingerprint of the last inventory
+// message sent, so that the receiver can check its copy.
+type ping struct {
+	Seq, FP uint64
+}
+
+func (m *ping) marshal() []byte {
+	b := binary.BigEndian.AppendUint64(nil, m.Seq)
+	return binary.BigEndian.AppendUint64(b, m.FP)
+}
+
+func parsePing(p []byte) (*ping, error) {
+	d := decoder{b: p}
+	m := &ping{Seq: d.u64(), FP: d.u64()}
+	return m, d.end()
+}
+
+// Response status codes (first byte of NarInfoResp and NarResp).
+const (
+	statusOK         byte = 0
+	statusNotFound   byte = 1 // not offered (not in the inventory) or gone
+	statusBusy       byte = 2 // too many concurrent transfers for this peer
+	statusOtherFile  byte = 3 // held, but as a different file (compression, size, hash)
+	statusBadRequest byte = 4
+	statusInternal   byte = 5
+)
+
+// narInfoReq asks for the narinfo of a store path.
+//
+//	hash [20]u8
+func parseNarInfoReq(p []byte) (cache.Hash, error) {
+	var h cache.Hash
+	d := decoder{b: p}
+	copy(h[:], d.take(20))
+	return h, d.end()
+}
+
+// narInfoResp answers a narInfoReq.
+//
+//	status u8 | narinfo text (status OK only, at most cache.MaxNarInfoSize)
+func parseNarInfoResp(p []byte) (byte, []byte, error) {
+	d := decoder{b: p}
+	st := d.u8()
+	text := d.take(len(d.b))
+	if d.err == nil && st != statusOK && len(text) != 0 {
+		d.fail("status %d with a body", st)
+	}
+	return st, text, d.end()
+}
+
+// narReq asks for a byte range of the file of a store path.
+//
+//	hash [20]u8 | narHash [32]u8 | fileSize u64 | offset u64 | length u64 |
+//	compLen u8 | compression
+//
+// narHash, fileSize and compression name the exact file wanted (peers may
+// hold the same path compressed differently); a server whose copy differs
+// answers statusOtherFile. length 0xffff_ffff_ffff_ffff means "to the end".
+type narReq struct {
+	Hash        cache.Hash
+	NarHash     cache.NarHash
+	FileSize    uint64
+	Offset      uint64
+	Length      uint64
+	Compression string
+}
+
+const toEnd = ^uint64(0)
+
+func (m *narReq) marshal() []byte {
+	b := make([]byte, 0, 100)
+	b = append(b, m.Hash[:]...)
+	b = append(b, m.NarHash[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.FileSize)
+	b = binary.BigEndian.AppendUint64(b, m.Offset)
+	b = binary.BigEndian.AppendUint64(b, m.Length)
+	return appendStr(b, m.Compression)
+}
+
+func parseNarReq(p []byte) (*narReq, error) {
+	d := decoder{b: p}
+	m := &narReq{}
+	copy(m.Hash[:], d.take(20))
+	copy(m.NarHash[:], d.take(32))
+	m.FileSize = d.u64()
+	m.Offset = d.u64()
+	m.Length = d.u64()
+	m.Compression = d.str(maxCompLen, "compression")
+	return m, d.end()
+}
+
+// narResp answers a narReq.
+//
+//	status u8 | length u64
+//
+// With status OK exactly length raw bytes follow, then FIN. A server that
+// fails after the header resets the stream instead of finishing it.
+func parseNarResp(p []byte) (byte, uint64, error) {
+	d := decoder{b: p}
+	st := d.u8()
+	n := d.u64()
+	return st, n, d.end()
+}
+
+func narResp(status byte, n uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{status}, n)
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/cache/narcache"
+	"github.com/lancache/lancache/transfer"
 	"github.com/lancache/lancache/transfer/upstream"
 )
 
@@ -55,11 +57,13 @@ type Node struct {
 	store   *cache.Store       // nil: no local store
 	disk    *narcache.Cache    // nil: no --cache-dir
 	up      *upstream.Upstream // nil: no --upstream
+	peers   *transfer.Node
 	handler *cache.Handler
 	started time.Time
 
 	ready    chan struct{}
 	sse      chan struct{} // semaphore bounding /_lancache/events clients
+	running  bool          // Run was called: it owns closing the transfer node
 	mu       sync.Mutex
 	httpAddr net.Addr
 }
@@ -134,6 +138,41 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		n.up = up
 	}
+	// Peers may fetch what this node holds itself (store, disk cache), never
+	// what it would have to fetch from elsewhere: that would loop.
+	var fleetKey []byte
+	if cfg.FleetKeyFile != "" {
+		if fleetKey, err = transfer.LoadFleetKey(cfg.FleetKeyFile); err != nil {
+			n.closeSources()
+			return nil, fmt.Errorf("--fleet-key: %w", err)
+		}
+	}
+	if cfg.QUICAddr == "" {
+		cfg.QUICAddr = ":37516"
+	}
+	if cfg.StateDir == "" {
+		n.closeSources()
+		return nil, errors.New("no state dir: set --state-dir")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		n.closeSources()
+		return nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	tn, err := transfer.New(transfer.Config{
+		ListenAddr:     cfg.QUICAddr,
+		StateDir:       cfg.StateDir,
+		Name:           cfg.Name,
+		FleetKey:       fleetKey,
+		TrustedKeys:    keys,
+		AcceptUnsigned: mode == cache.ShareAll,
+		Logger:         cfg.Logger.With("component", "transfer"),
+	}, cache.Chain(sources), n.inv)
+	if err != nil {
+		n.closeSources()
+		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
+	}
+	n.peers = tn
+	sources = append(sources, tn)
 	// The order is the cost order: local disk, then the LAN, then the WAN.
 	if n.up != nil {
 		sources = append(sources, n.up)
@@ -154,6 +193,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	n.httpAddr = ln.Addr()
 	n.mu.Unlock()
+	n.running = true
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_lancache/status", n.serveStatus)
@@ -187,6 +227,10 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.store != nil {
 		g.Go(func() error { return n.store.Run(gctx) })
 	}
+	g.Go(func() error { return n.peers.Run(gctx) })
+	for _, p := range n.cfg.Peers {
+		n.peers.AddPeer(p, "")
+	}
 	n.logServing()
 	close(n.ready)
 	err = g.Wait()
@@ -194,11 +238,22 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
+// Close releases what New opened, for a Node whose Run is never called.
+func (n *Node) Close() error {
+	if !n.running {
+		n.closeSources()
+	}
+	return nil
+}
+
 // closeSources releases what New opened; the upstream first, since its
 // downloads write into the disk cache.
 func (n *Node) closeSources() {
 	if n.up != nil {
 		n.up.Close()
+	}
+	if n.peers != nil && !n.running {
+		n.peers.Close()
 	}
 	if n.disk != nil {
 		n.disk.Close()
@@ -222,7 +277,7 @@ func (n *Node) logServing() {
 	if n.up != nil {
 		what += fmt.Sprintf("; pull-through from %s", strings.Join(n.cfg.Upstreams, ", "))
 	}
-	n.log.Info("lancache serving", "serves", what, "http", addr)
+	n.log.Info("lancache serving", "serves", what, "http", addr, "quic", n.peers.LocalAddr().String(), "id", n.peers.ID(), "static_peers", len(n.cfg.Peers))
 	n.log.Info("point Nix at it", "nix.conf", fmt.Sprintf("substituters = http://%s https://cache.nixos.org", addr))
 }
 
@@ -260,6 +315,39 @@ func (n *Node) Status() Status {
 		s.Totals.BytesFromUpstream = us.NARBytes
 		s.Totals.VerificationFailures += us.VerifyFailures
 	}
+	s.ID = n.peers.ID()
+	s.QUICAddr = n.peers.LocalAddr().String()
+	for _, p := range n.peers.Peers() {
+		ps := PeerStatus{
+			ID: p.ID, Name: p.Name, Address: p.Addr, State: p.State,
+			RTTMillis:       float64(p.RTT) / float64(time.Millisecond),
+			PathsAdvertised: p.Paths, BytesFromPeer: uint64(p.BytesIn), BytesToPeer: uint64(p.BytesOut),
+			Static: p.Dialed,
+		}
+		if !p.BlocklistedUntil.IsZero() && p.BlocklistedUntil.After(time.Now()) {
+			t := p.BlocklistedUntil
+			ps.BlocklistedUntil = &t
+		}
+		s.Totals.BytesFromPeers += uint64(p.BytesIn)
+		s.Totals.BytesServedToPeers += uint64(p.BytesOut)
+		s.Peers = append(s.Peers, ps)
+	}
+	for _, t := range n.peers.Transfers() {
+		end := t.Finished
+		if end.IsZero() {
+			end = time.Now()
+		}
+		result := t.Result
+		if t.Finished.IsZero() {
+			result = ""
+		}
+		s.Transfers = append(s.Transfers, TransferStatus{
+			Hash: t.Hash, Name: t.Name, Source: "peer", Peer: firstNonEmpty(t.PeerName, t.Peer),
+			BytesDone: t.BytesDone, BytesTotal: t.BytesTotal, RateBps: t.Rate,
+			Started: t.Started, Result: result, ElapsedSecs: end.Sub(t.Started).Seconds(),
+		})
+	}
+	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())
 	st := n.handler.Stats()
 	s.Totals.NarInfoHits = st.NarInfoHits.Load()
 	s.Totals.NarInfoMisses = st.NarInfoMisses.Load()
@@ -320,4 +408,11 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 		case <-t.C:
 		}
 	}
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

@@ -21,6 +21,8 @@ Usage:
   lancache serve   [flags]   run the daemon (see "lancache serve -h")
   lancache status  [--http ADDR] [--json]
                              show what a running daemon serves
+  lancache keygen  --fleet FILE
+                             make a fleet key (peers without it are refused)
   lancache version           print the version
 
 Point Nix at the daemon (nix.conf):
@@ -48,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stderr)
 	case "status":
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "keygen":
+		err = cmdKeygen(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		err = cmdVersion(stdout)
 	case "help", "-h", "--help", "-help":

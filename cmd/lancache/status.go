@@ -59,7 +59,24 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		fmt.Fprintf(stdout, "no local store\n")
 	}
+	if c := st.Cache; c != nil {
+		fmt.Fprintf(stdout, "NAR cache %s: %d entries, %s of %s\n", c.Dir, c.Entries, humanize.IBytes(uint64(c.UsedBytes)), humanize.IBytes(uint64(c.MaxBytes)))
+	}
+	for _, u := range st.Upstreams {
+		fmt.Fprintf(stdout, "upstream %s\n", u)
+	}
 	t := st.Totals
-	fmt.Fprintf(stdout, "narinfo: %d hits, %d misses; served to Nix: %s\n", t.NarInfoHits, t.NarInfoMisses, humanize.IBytes(t.BytesServedToNix))
+	fmt.Fprintf(stdout, "narinfo: %d hits, %d misses; to Nix %s, from peers %s, from upstream %s, to peers %s; %d verification failures\n",
+		t.NarInfoHits, t.NarInfoMisses, humanize.IBytes(t.BytesServedToNix), humanize.IBytes(t.BytesFromPeers),
+		humanize.IBytes(t.BytesFromUpstream), humanize.IBytes(t.BytesServedToPeers), t.VerificationFailures)
+	fmt.Fprintf(stdout, "%d peers\n", len(st.Peers))
+	for _, p := range st.Peers {
+		block := ""
+		if p.BlocklistedUntil != nil {
+			block = " BLOCKLISTED until " + p.BlocklistedUntil.Format(time.TimeOnly)
+		}
+		fmt.Fprintf(stdout, "  %-20s %-24s %-10s rtt %6.2fms  %7d paths  in %s  out %s%s\n", p.Name, p.Address, p.State,
+			p.RTTMillis, p.PathsAdvertised, humanize.IBytes(p.BytesFromPeer), humanize.IBytes(p.BytesToPeer), block)
+	}
 	return nil
 }

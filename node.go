@@ -198,6 +198,7 @@ func (n *Node) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_lancache/status", n.serveStatus)
 	mux.HandleFunc("GET /_lancache/events", n.serveEvents)
+	mux.Handle("GET /metrics", n.metricsHandler())
 	mux.Handle("/", n.handler)
 	srv := &http.Server{
 		Handler:           mux,

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -50,16 +51,18 @@ type Config struct {
 
 // Node is one lancache daemon.
 type Node struct {
-	cfg     Config
-	log     *slog.Logger
-	policy  cache.Policy
-	inv     *cache.Inventory
-	store   *cache.Store       // nil: no local store
-	disk    *narcache.Cache    // nil: no --cache-dir
-	up      *upstream.Upstream // nil: no --upstream
-	peers   *transfer.Node
-	handler *cache.Handler
-	started time.Time
+	cfg    Config
+	log    *slog.Logger
+	policy cache.Policy
+	inv    *cache.Inventory
+	store  *cache.Store       // nil: no local store
+	disk   *narcache.Cache    // nil: no --cache-dir
+	up     *upstream.Upstream // nil: no --upstream
+	peers  *transfer.Node
+
+	bytesFromPeers, bytesToPeers atomic.Uint64
+	handler                      *cache.Handler
+	started                      time.Time
 
 	ready    chan struct{}
 	sse      chan struct{} // semaphore bounding /_lancache/events clients
@@ -166,13 +169,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		TrustedKeys:    keys,
 		AcceptUnsigned: mode == cache.ShareAll,
 		Logger:         cfg.Logger.With("component", "transfer"),
-	}, cache.Chain(sources), n.inv)
+	}, countingSource{cache.Chain(sources), &n.bytesToPeers}, n.inv)
 	if err != nil {
 		n.closeSources()
 		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
 	}
 	n.peers = tn
-	sources = append(sources, tn)
+	sources = append(sources, countingSource{tn, &n.bytesFromPeers})
 	// The order is the cost order: local disk, then the LAN, then the WAN.
 	if n.up != nil {
 		sources = append(sources, n.up)
@@ -329,8 +332,6 @@ func (n *Node) Status() Status {
 			t := p.BlocklistedUntil
 			ps.BlocklistedUntil = &t
 		}
-		s.Totals.BytesFromPeers += uint64(p.BytesIn)
-		s.Totals.BytesServedToPeers += uint64(p.BytesOut)
 		s.Peers = append(s.Peers, ps)
 	}
 	for _, t := range n.peers.Transfers() {
@@ -349,6 +350,8 @@ func (n *Node) Status() Status {
 		})
 	}
 	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())
+	s.Totals.BytesFromPeers = n.bytesFromPeers.Load()
+	s.Totals.BytesServedToPeers = n.bytesToPeers.Load()
 	st := n.handler.Stats()
 	s.Totals.NarInfoHits = st.NarInfoHits.Load()
 	s.Totals.NarInfoMisses = st.NarInfoMisses.Load()
@@ -417,3 +420,13 @@ func firstNonEmpty(a, b string) string {
 	}
 	return b
 }
+
+// AddPeer makes the node keep a connection to the peer at addr (HOST:PORT,
+// UDP), as --peer does. It may be called before or during Run.
+func (n *Node) AddPeer(addr string) { n.peers.AddPeer(addr, "") }
+
+// QUICAddr is the UDP address the peer transport listens on.
+func (n *Node) QUICAddr() net.Addr { return n.peers.LocalAddr() }
+
+// ID is the node's identity, derived from its key in the state dir.
+func (n *Node) ID() string { return n.peers.ID() }

@@ -19,6 +19,10 @@ answers first, from this machine's store, its LAN neighbours or an upstream.
 
 Usage:
   lancache serve   [flags]   run the daemon (see "lancache serve -h")
+  lancache demo    [--headless] [--duration D]
+                             three nodes in this process, no Nix needed: start here
+  lancache top     [--http ADDR]
+                             watch a daemon's neighbours and transfers live
   lancache status  [--http ADDR] [--json]
                              show what a running daemon serves
   lancache keygen  --fleet FILE
@@ -50,6 +54,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stderr)
 	case "status":
 		err = cmdStatus(ctx, args[1:], stdout, stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "top":
+		err = cmdTop(ctx, args[1:], stdout, stderr)
 	case "keygen":
 		err = cmdKeygen(args[1:], stdout, stderr)
 	case "version", "--version", "-version":

@@ -29,7 +29,7 @@ import (
 var Version = "0.1.0-dev"
 
 // DefaultTrustedPublicKeys is cache.nixos.org's signing key.
-const DefaultTrustedPublicKeys = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFNspUTWGAGY="
+const DefaultTrustedPublicKeys = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
 
 // Config is everything a Node needs; cmd/lancache fills it from flags.
 type Config struct {

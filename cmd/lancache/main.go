@@ -31,7 +31,7 @@ Usage:
 
 Point Nix at the daemon (nix.conf):
   substituters = http://127.0.0.1:37515 https://cache.nixos.org
-  trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFNspUTWGAGY=
+  trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
 
 Every flag can also be set from the environment as LANCACHE_<FLAG>, e.g.
 LANCACHE_CACHE_DIR=/srv/lancache for --cache-dir.

@@ -94,9 +94,13 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 // metricsHandler serves GET /metrics from a registry of this node's own (no
 // global registry: several nodes may share a process).
 func (n *Node) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(n.registry(), promhttp.HandlerOpts{MaxRequestsInFlight: 4})
+}
+
+func (n *Node) registry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newMetricsCollector(n),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: 4})
+	return reg
 }

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/dustin/go-humanize"
@@ -196,6 +197,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	n.httpAddr = ln.Addr()
 	n.mu.Unlock()
+	// A LAN-facing appliance must not run out of file descriptors to a
+	// connection flood; the timeouts below reclaim idle and slow ones.
+	ln = netutil.LimitListener(ln, maxHTTPConns)
 	n.running = true
 
 	mux := http.NewServeMux()
@@ -374,6 +378,9 @@ func addrString(a net.Addr) string {
 	}
 	return a.String()
 }
+
+// maxHTTPConns bounds concurrent connections to the HTTP face.
+const maxHTTPConns = 2048
 
 // maxEventClients bounds concurrent /_lancache/events streams.
 const maxEventClients = 32

@@ -202,7 +202,7 @@ func (hd *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string)
 			w.WriteHeader(status)
 			return
 		}
-		lw := &lazyWriter{w: w, status: status}
+		lw := &lazyWriter{w: w, rc: http.NewResponseController(w), status: status}
 		began := time.Now()
 		err = src.WriteNAR(ctx, lw, info, start, length)
 		hd.stats.NarBytes.Add(uint64(lw.n))
@@ -235,10 +235,17 @@ func (hd *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string)
 	http.Error(w, "no source could serve this NAR", http.StatusNotFound)
 }
 
+// writeStall is how long a client may take to accept the next piece of a
+// NAR before the response is given up: a client that stops reading must not
+// pin a transfer (and a peer stream) forever.
+const writeStall = 60 * time.Second
+
 // lazyWriter sends the status line with the first body byte, so a source
-// that fails before writing leaves the response open for the next one.
+// that fails before writing leaves the response open for the next one. Each
+// write must make progress within writeStall.
 type lazyWriter struct {
 	w      http.ResponseWriter
+	rc     *http.ResponseController
 	status int
 	n      int64
 }
@@ -247,6 +254,7 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	if l.n == 0 && len(p) > 0 {
 		l.w.WriteHeader(l.status)
 	}
+	l.rc.SetWriteDeadline(time.Now().Add(writeStall)) // unsupported in tests: ignored
 	n, err := l.w.Write(p)
 	l.n += int64(n)
 	return n, err

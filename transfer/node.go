@@ -478,7 +478,7 @@ func (n *Node) logDialError(t *target, err error) {
 	switch {
 	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeFleet:
 		n.log.Warn("peer refused this node: fleet key mismatch (check --fleet-key on both hosts)", "peer", t.addr, "reason", ae.ErrorMessage)
-	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode != codeShutdown:
+	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode != codeShutdown && ae.ErrorCode != codeNormal:
 		n.log.Warn("peer refused this node", "peer", t.addr, "code", uint64(ae.ErrorCode), "reason", ae.ErrorMessage)
 	case errors.Is(err, errFleet), errors.Is(err, errWrongPeer), errors.Is(err, ErrProtocol):
 		n.log.Warn("refused peer", "peer", t.addr, "err", err)

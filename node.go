@@ -21,6 +21,7 @@ import (
 
 	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/cache/narcache"
+	"github.com/lancache/lancache/discovery"
 	"github.com/lancache/lancache/transfer"
 	"github.com/lancache/lancache/transfer/upstream"
 )
@@ -45,6 +46,7 @@ type Config struct {
 	FleetKeyFile      string
 	Peers             []string // static peers HOST:PORT
 	NoMDNS            bool
+	Interfaces        []string // mDNS interfaces; nil = every suitable one
 	StateDir          string
 	Name              string
 	Logger            *slog.Logger
@@ -60,6 +62,7 @@ type Node struct {
 	disk   *narcache.Cache    // nil: no --cache-dir
 	up     *upstream.Upstream // nil: no --upstream
 	peers  *transfer.Node
+	mdns   *discovery.Discovery // nil: --no-mdns
 
 	bytesFromPeers, bytesToPeers atomic.Uint64
 	handler                      *cache.Handler
@@ -169,13 +172,22 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		FleetKey:       fleetKey,
 		TrustedKeys:    keys,
 		AcceptUnsigned: mode == cache.ShareAll,
-		Logger:         cfg.Logger.With("component", "transfer"),
+		// A crashed peer is noticed after 3 silent intervals (15 s), so it
+		// leaves everyone's list well within 30 s.
+		KeepAlive: 5 * time.Second,
+		Logger:    cfg.Logger.With("component", "transfer"),
 	}, countingSource{cache.Chain(sources), &n.bytesToPeers}, n.inv)
 	if err != nil {
 		n.closeSources()
 		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
 	}
 	n.peers = tn
+	if !cfg.NoMDNS {
+		if n.mdns, err = n.newDiscovery(fleetKey); err != nil {
+			n.closeSources()
+			return nil, fmt.Errorf("mDNS discovery: %w", err)
+		}
+	}
 	sources = append(sources, countingSource{tn, &n.bytesFromPeers})
 	// The order is the cost order: local disk, then the LAN, then the WAN.
 	if n.up != nil {
@@ -239,6 +251,16 @@ func (n *Node) Run(ctx context.Context) error {
 	for _, p := range n.cfg.Peers {
 		n.peers.AddPeer(p, "")
 	}
+	if n.mdns != nil {
+		g.Go(func() error {
+			// mDNS trouble (no multicast interface, say) must not take the
+			// cache down: static peers and the local endpoint still work.
+			if err := n.runDiscovery(gctx, n.mdns); err != nil {
+				n.log.Error("mDNS discovery stopped; only static peers will be found", "err", err)
+			}
+			return nil
+		})
+	}
 	n.logServing()
 	close(n.ready)
 	err = g.Wait()
@@ -285,7 +307,7 @@ func (n *Node) logServing() {
 	if n.up != nil {
 		what += fmt.Sprintf("; pull-through from %s", strings.Join(n.cfg.Upstreams, ", "))
 	}
-	n.log.Info("lancache serving", "serves", what, "http", addr, "quic", n.peers.LocalAddr().String(), "id", n.peers.ID(), "static_peers", len(n.cfg.Peers))
+	n.log.Info("lancache serving", "serves", what, "http", addr, "quic", n.peers.LocalAddr().String(), "id", n.peers.ID(), "static_peers", len(n.cfg.Peers), "mdns", n.mdns != nil)
 	n.log.Info("point Nix at it", "nix.conf", fmt.Sprintf("substituters = http://%s https://cache.nixos.org", addr))
 }
 

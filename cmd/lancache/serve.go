@@ -22,6 +22,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		maxSize   string
 		upstreams listFlag
 		peers     listFlag
+		ifaces    listFlag
 		logFormat string
 		logLevel  string
 	)
@@ -35,7 +36,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Share, "share", "signed", "which local store paths to offer: signed (only paths signed by a trusted key), all, or none")
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
-	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery")
+	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery (use --peer where multicast is blocked)")
+	fs.Var(&ifaces, "interface", "network interface `NAME` for mDNS, repeatable (default: every up, multicast-capable, non-loopback one)")
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "`DIR` for the node identity key and other state")
 	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
@@ -50,7 +52,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("--cache-max-size %q: %w", maxSize, err)
 	}
 	cfg.CacheMaxSize = size
-	cfg.Upstreams, cfg.Peers = upstreams, peers
+	cfg.Upstreams, cfg.Peers, cfg.Interfaces = upstreams, peers, ifaces
 	log, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {
 		return err

@@ -214,11 +214,7 @@ func (n *Node) Run(ctx context.Context) error {
 	ln = netutil.LimitListener(ln, maxHTTPConns)
 	n.running = true
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /_lancache/status", n.serveStatus)
-	mux.HandleFunc("GET /_lancache/events", n.serveEvents)
-	mux.Handle("GET /metrics", n.metricsHandler())
-	mux.Handle("/", n.handler)
+	mux := n.routes()
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -399,6 +395,33 @@ func addrString(a net.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// routes dispatches on the exact request path. http.ServeMux is not used:
+// it cleans paths and answers "/../x" or "//x" with a redirect, where a
+// binary cache must answer 400 or 404 and nothing else.
+func (n *Node) routes() http.Handler {
+	metrics := n.metricsHandler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var h http.Handler
+		switch r.URL.Path {
+		case "/_lancache/status":
+			h = http.HandlerFunc(n.serveStatus)
+		case "/_lancache/events":
+			h = http.HandlerFunc(n.serveEvents)
+		case "/metrics":
+			h = metrics
+		default:
+			n.handler.ServeHTTP(w, r) // checks methods and paths itself
+			return
+		}
+		if r.URL.RawPath != "" || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // maxHTTPConns bounds concurrent connections to the HTTP face.

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# test.sh — every check CI runs, in one command: sudo ./test.sh
+#
+# Installs what the tests need when it is missing (Debian packages), then:
+# gofmt, go vet, CGO-free cross-builds (amd64, arm64, armv7), the whole test
+# suite with -race (including integration/, which drives the real Nix
+# client and needs root), benchmarks once each, and every fuzz target for a
+# short time. Exits non-zero if any step failed.
+#
+# Environment:
+#   FUZZTIME        time per fuzz target (default 10s)
+#   TEST_TIMEOUT    go test -timeout (default 30m)
+#   SKIP_INSTALL=1  do not apt-get install missing packages
+set -uo pipefail
+
+cd "$(dirname "$0")"
+
+FUZZTIME=${FUZZTIME:-10s}
+TEST_TIMEOUT=${TEST_TIMEOUT:-30m}
+passed=0
+failed=0
+failures=()
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# check NAME CMD...: run one step, record whether it passed.
+check() {
+	local name=$1
+	shift
+	step "$name"
+	local start=$SECONDS
+	if "$@"; then
+		passed=$((passed + 1))
+		printf '<== %s: ok (%ds)\n' "$name" $((SECONDS - start))
+	else
+		failed=$((failed + 1))
+		failures+=("$name")
+		printf '<== %s: FAILED (%ds)\n' "$name" $((SECONDS - start))
+	fi
+}
+
+install_missing() {
+	local missing=()
+	command -v nix >/dev/null || missing+=(nix-bin)
+	dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' || missing+=(busybox-static)
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+	command -v tmux >/dev/null || missing+=(tmux)
+	command -v gcc >/dev/null || missing+=(gcc) # go test -race needs cgo
+	if [ ${#missing[@]} -eq 0 ]; then
+		echo "all present: nix-bin busybox-static nginx iproute2 tmux gcc"
+		return 0
+	fi
+	if [ "${SKIP_INSTALL:-}" = 1 ]; then
+		echo "missing, not installed (SKIP_INSTALL=1): ${missing[*]}"
+		return 0
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "missing: ${missing[*]}; run as root (sudo ./test.sh) to install them" >&2
+		return 1
+	fi
+	echo "installing: ${missing[*]}"
+	apt-get update &&
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+gofmt_clean() {
+	local out
+	out=$(gofmt -l .) || return 1
+	if [ -n "$out" ]; then
+		echo "not gofmt-formatted:"
+		echo "$out"
+		return 1
+	fi
+}
+
+cross_build() {
+	local ok=0 target
+	for target in linux/amd64 linux/arm64 linux/arm/7; do
+		local os=${target%%/*} rest=${target#*/}
+		local arch=${rest%%/*} arm=
+		[ "$arch" = arm ] && arm=${rest#*/}
+		echo "GOOS=$os GOARCH=$arch${arm:+ GOARM=$arm} CGO_ENABLED=0 go build ./..."
+		if ! CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOARM=$arm go build -o /dev/null ./... ||
+			! CGO_ENABLED=0 GOOS=$os GOARCH=$arch GOARM=$arm go build -o /dev/null ./cmd/lancache; then
+			ok=1
+		fi
+	done
+	return $ok
+}
+
+go_test() {
+	go test -race -count=1 -timeout "$TEST_TIMEOUT" ./...
+}
+
+benchmarks_once() {
+	go test -run '^$' -bench . -benchtime 1x -timeout "$TEST_TIMEOUT" ./...
+}
+
+# fuzz_all runs each Fuzz target of each package for FUZZTIME.
+fuzz_all() {
+	local ok=0 listing pkg name names=() n=0
+	listing=$(go test -list '^Fuzz' ./...) || { echo "$listing"; return 1; }
+	while read -r line; do
+		case $line in
+		Fuzz*) names+=("$line") ;;
+		ok*)
+			pkg=$(awk '{ print $2 }' <<<"$line")
+			for name in "${names[@]}"; do
+				n=$((n + 1))
+				echo "-- $pkg $name ($FUZZTIME)"
+				go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" || ok=1
+			done
+			names=()
+			;;
+		esac
+	done <<<"$listing"
+	echo "$n fuzz targets"
+	return $ok
+}
+
+check "install missing packages" install_missing
+check "gofmt -l" gofmt_clean
+check "go vet ./..." go vet ./...
+check "cross-build CGO_ENABLED=0 linux/amd64 linux/arm64 linux/arm/v7" cross_build
+check "go test -race ./..." go_test
+check "benchmarks (1 iteration each)" benchmarks_once
+check "fuzz targets ($FUZZTIME each)" fuzz_all
+
+echo
+if [ "$failed" -gt 0 ]; then
+	printf 'failed step: %s\n' "${failures[@]}"
+fi
+echo "steps: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -202,10 +202,9 @@ func (hd *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string)
 			w.WriteHeader(status)
 			return
 		}
-		lw := &lazyWriter{w: w, rc: http.NewResponseController(w), status: status}
+		lw := &lazyWriter{w: w, rc: http.NewResponseController(w), status: status, sent: &hd.stats.NarBytes}
 		began := time.Now()
 		err = src.WriteNAR(ctx, lw, info, start, length)
-		hd.stats.NarBytes.Add(uint64(lw.n))
 		if err == nil && lw.n == length {
 			if lw.n == 0 {
 				w.WriteHeader(status)
@@ -248,6 +247,7 @@ type lazyWriter struct {
 	rc     *http.ResponseController
 	status int
 	n      int64
+	sent   *atomic.Uint64 // live count of bytes sent to clients
 }
 
 func (l *lazyWriter) Write(p []byte) (int, error) {
@@ -257,6 +257,7 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	l.rc.SetWriteDeadline(time.Now().Add(writeStall)) // unsupported in tests: ignored
 	n, err := l.w.Write(p)
 	l.n += int64(n)
+	l.sent.Add(uint64(n))
 	return n, err
 }
 

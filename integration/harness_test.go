@@ -676,27 +676,7 @@ func (d *daemon) alive() bool {
 
 // waitReady polls /nix-cache-info until it answers 200.
 func (d *daemon) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: 2 * time.Second}
-	defer c.CloseIdleConnections()
-	for {
-		if !d.alive() {
-			return fmt.Errorf("exited before answering /nix-cache-info: %v", d.cmd.ProcessState)
-		}
-		resp, err := c.Get(d.URL + "/nix-cache-info")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("status %s", resp.Status)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("/nix-cache-info not answering 200 after %v: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return d.waitReadyWith(&http.Client{Timeout: 2 * time.Second}, timeout)
 }
 
 // Stop sends sig and fails the test unless the daemon exits with status 0

@@ -235,8 +235,10 @@ func (c *Cache) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, erro
 //
 // An entry still being written is followed: WriteNAR writes what is there
 // and waits for more until the write commits (nil), fails (its error, which
-// wraps cache.ErrHashMismatch when the bytes were bad) or ctx ends. Bytes
-// served from a committed entry were verified before they were committed.
+// wraps cache.ErrHashMismatch when the bytes were bad) or ctx ends. The
+// file's last byte is written only once the write committed, so a follower
+// of a write that fails never gets the whole file. Bytes served from a
+// committed entry were verified before they were committed.
 //
 // When w is an *os.File's peer such as a TCP connection or an
 // http.ResponseWriter, the copy goes through sendfile.
@@ -300,6 +302,13 @@ func (c *Cache) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, 
 		}
 		if werr != nil {
 			return fmt.Errorf("NAR %s: %w", h, werr)
+		}
+		if !done && avail > 0 {
+			// The last byte written waits for the NarHash verdict: a
+			// follower must never receive the whole file of a write that
+			// then fails, or its client would see a complete response of
+			// bad bytes.
+			avail--
 		}
 		if end >= 0 && avail > end {
 			avail = end

@@ -590,10 +590,11 @@ func TestFollowInProgressWrite(t *testing.T) {
 	if _, err := w.Write(it.file[:half]); err != nil {
 		t.Fatal(err)
 	}
-	// Followers get the first half while the write is still open.
+	// Followers get the first half while the write is still open, but for
+	// the last byte written, which waits for the verdict.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, r := range rs[:5] {
-		for r.buf.Len() < half {
+		for r.buf.Len() < half-1 {
 			if time.Now().After(deadline) {
 				t.Fatalf("follower has %d of %d written bytes", r.buf.Len(), half)
 			}

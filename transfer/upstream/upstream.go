@@ -632,7 +632,9 @@ func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64
 
 // direct streams k's NAR from upstream to w, verified, without the NAR
 // cache. The whole file is read (bytes outside the range are discarded)
-// because only the whole file can be checked against the NarHash.
+// because only the whole file can be checked against the NarHash; the last
+// byte of the range is written only after the check passed, so that bad
+// bytes never make a complete response.
 func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, length int64) error {
 	v, err := cache.NewVerifier(k.info)
 	if err != nil {
@@ -640,7 +642,8 @@ func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, le
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.cfg.NARTimeout)
 	defer cancel()
-	rw := &rangeWriter{w: w, skip: offset, left: length}
+	hl := &holdLast{w: w}
+	rw := &rangeWriter{w: hl, skip: offset, left: length}
 	_, err = u.fetchNAR(ctx, k, io.MultiWriter(v, rw))
 	if err != nil {
 		v.Abort()
@@ -656,7 +659,42 @@ func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, le
 	if rw.skip > 0 || rw.left > 0 {
 		return fmt.Errorf("NAR %s upstream: range %d+%d beyond the file", k.hash, offset, length)
 	}
+	if err := hl.flush(); err != nil {
+		return fmt.Errorf("NAR %s upstream: %w", k.hash, err)
+	}
 	return nil
+}
+
+// holdLast passes on what it is given but for the last byte, which flush
+// writes.
+type holdLast struct {
+	w    io.Writer
+	last []byte // empty or one byte
+}
+
+func (h *holdLast) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := h.flush(); err != nil {
+		return 0, err
+	}
+	if len(p) > 1 {
+		if _, err := h.w.Write(p[:len(p)-1]); err != nil {
+			return 0, err
+		}
+	}
+	h.last = append(h.last, p[len(p)-1])
+	return len(p), nil
+}
+
+func (h *holdLast) flush() error {
+	if len(h.last) == 0 {
+		return nil
+	}
+	_, err := h.w.Write(h.last)
+	h.last = h.last[:0]
+	return err
 }
 
 // rangeWriter passes on bytes [skip, skip+left) of what it is given (left <

@@ -278,7 +278,9 @@ func parseRange(hdr string, size int64) (start, length int64, status int, ok boo
 	switch {
 	case a == "":
 		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 {
+		if err != nil || n <= 0 || size == 0 {
+			// The last n bytes of an empty file: unsatisfiable (RFC 9110
+			// 14.1.2), not a 206 with "bytes 0--1/0".
 			return 0, 0, 0, false
 		}
 		n = min(n, size)

@@ -14,9 +14,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
+	"modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
 )
 
 // ErrNoStore means the store root has no Nix database: the machine has no Nix
@@ -46,8 +47,12 @@ type Store struct {
 	cfg      StoreConfig
 	dbPath   string
 	storeDir string // Root/nix/store
-	db       *sql.DB
+	db       atomic.Pointer[sql.DB]
 	log      *slog.Logger
+	// immutable: the database is read as a snapshot (see openDB) and
+	// reopened when it changes, because it has no -wal/-shm files and we
+	// may not create them.
+	immutable atomic.Bool
 
 	mu     sync.RWMutex
 	byHash map[Hash]storeEntry
@@ -85,27 +90,76 @@ func OpenStore(ctx context.Context, cfg StoreConfig) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open Nix database %s: %w", s.dbPath, err)
 	}
-	// Read-only; busy_timeout rides out Nix's short write locks.
-	dsn := "file:" + (&url.URL{Path: s.dbPath}).EscapedPath() +
-		"?mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open Nix database %s: %w", s.dbPath, err)
+	db, err := s.openDB(ctx, false)
+	if err != nil && isReadOnlyErr(err) && !exists(s.dbPath+"-wal") {
+		// A WAL-mode database that no Nix process has open has no -wal and
+		// -shm files, and a reader without write access to the directory
+		// cannot create them. Everything is in the main file then, so an
+		// immutable snapshot is exact until Nix writes again.
+		db, err = s.openDB(ctx, true)
+		if err == nil {
+			s.immutable.Store(true)
+			s.log.Info("reading the Nix database as a snapshot until Nix opens it (no -wal file, and no write access to create one)", "db", s.dbPath)
+		}
 	}
-	db.SetMaxOpenConns(4)
-	s.db = db
+	if err != nil {
+		return nil, fmt.Errorf("read Nix database %s: %w (lancache needs read access to it and its directory, and to its -wal/-shm files when present)", s.dbPath, err)
+	}
+	s.db.Store(db)
 	start := time.Now()
 	if err := s.load(ctx, 0); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("read Nix database %s: %w (lancache needs read access to it and to its -wal/-shm files)", s.dbPath, err)
+		return nil, fmt.Errorf("read Nix database %s: %w", s.dbPath, err)
 	}
 	s.log.Info("local store indexed", "root", cfg.Root, "paths", len(s.byHash),
 		"shared", s.sharedCount(), "share", cfg.Policy.Mode, "took", time.Since(start).Round(time.Millisecond))
 	return s, nil
 }
 
+// openDB opens the database read-only and checks that it can be read.
+// With immutable, SQLite takes no locks and ignores any WAL: only exact
+// while no -wal file exists.
+func (s *Store) openDB(ctx context.Context, immutable bool) (*sql.DB, error) {
+	// busy_timeout rides out Nix's short write locks.
+	dsn := "file:" + (&url.URL{Path: s.dbPath}).EscapedPath() +
+		"?mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"
+	if immutable {
+		dsn += "&immutable=1"
+	}
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(4)
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM ValidPaths`).Scan(&n); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// isReadOnlyErr reports SQLite's SQLITE_READONLY and SQLITE_CANTOPEN
+// families: what opening a WAL database without its -shm file gives.
+func isReadOnlyErr(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	code := se.Code() & 0xff
+	return code == 8 || code == 14
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// conn is the current database handle.
+func (s *Store) conn() *sql.DB { return s.db.Load() }
+
 // Close releases the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return s.conn().Close() }
 
 // Root is the store root this Store reads.
 func (s *Store) Root() string { return s.cfg.Root }
@@ -144,7 +198,7 @@ func scanRow(sc interface{ Scan(...any) error }) (*pathRow, error) {
 
 // load indexes every valid path with id > after.
 func (s *Store) load(ctx context.Context, after int64) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id > ? ORDER BY id`, after)
+	rows, err := s.conn().QueryContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id > ? ORDER BY id`, after)
 	if err != nil {
 		return err
 	}
@@ -168,7 +222,7 @@ func (s *Store) load(ctx context.Context, after int64) error {
 	}
 	// References are only needed to check signatures.
 	if s.cfg.Policy.Mode == ShareSigned || s.cfg.Policy.Mode == "" {
-		refs, err := s.db.QueryContext(ctx, `SELECT r.referrer, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer > ?`, after)
+		refs, err := s.conn().QueryContext(ctx, `SELECT r.referrer, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer > ?`, after)
 		if err != nil {
 			return err
 		}
@@ -247,8 +301,24 @@ func (r *pathRow) narInfo() (*NarInfo, error) {
 // shows deletions, and signatures added later to unshared paths are
 // re-checked.
 func (s *Store) Run(ctx context.Context) error {
-	conn, err := s.db.Conn(ctx)
+	for ctx.Err() == nil {
+		if s.immutable.Load() {
+			s.followSnapshot(ctx)
+			continue
+		}
+		return s.followWAL(ctx)
+	}
+	return nil
+}
+
+// followWAL watches PRAGMA data_version, which changes when another
+// connection commits.
+func (s *Store) followWAL(ctx context.Context) error {
+	conn, err := s.conn().Conn(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("watch %s: %w", s.dbPath, err)
 	}
 	defer conn.Close()
@@ -262,7 +332,6 @@ func (s *Store) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		var v int64
-		// data_version changes when another connection commits.
 		if err := conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -281,6 +350,59 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 }
 
+// followSnapshot re-reads a database opened as an immutable snapshot when
+// its file changes, and returns once a -wal file appears and the database
+// can be followed normally (or ctx is done).
+func (s *Store) followSnapshot(ctx context.Context) {
+	stamp := func() (int64, time.Time) {
+		fi, err := os.Stat(s.dbPath)
+		if err != nil {
+			return -1, time.Time{}
+		}
+		return fi.Size(), fi.ModTime()
+	}
+	size, mtime := stamp()
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if exists(s.dbPath + "-wal") {
+			if db, err := s.openDB(ctx, false); err == nil {
+				s.swap(db)
+				s.immutable.Store(false)
+				s.log.Info("Nix opened its database: following it live", "db", s.dbPath)
+				if err := s.refresh(ctx); err != nil && ctx.Err() == nil {
+					s.log.Warn("refreshing store index failed; retrying", "db", s.dbPath, "err", err)
+				}
+				return
+			}
+		}
+		if sz, mt := stamp(); sz != size || !mt.Equal(mtime) {
+			db, err := s.openDB(ctx, true)
+			if err != nil {
+				continue // mid-write: try again next tick
+			}
+			size, mtime = sz, mt
+			s.swap(db)
+			if err := s.refresh(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("refreshing store index failed; retrying", "db", s.dbPath, "err", err)
+			}
+		}
+	}
+}
+
+// swap replaces the database handle; queries under way on the old one
+// finish first.
+func (s *Store) swap(db *sql.DB) {
+	if old := s.db.Swap(db); old != nil {
+		old.Close()
+	}
+}
+
 // refresh brings the index up to date with the database.
 func (s *Store) refresh(ctx context.Context) error {
 	s.mu.RLock()
@@ -290,7 +412,7 @@ func (s *Store) refresh(ctx context.Context) error {
 		return err
 	}
 	var count int
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM ValidPaths`).Scan(&count); err != nil {
+	if err := s.conn().QueryRowContext(ctx, `SELECT count(*) FROM ValidPaths`).Scan(&count); err != nil {
 		return err
 	}
 	s.mu.RLock()
@@ -306,7 +428,7 @@ func (s *Store) refresh(ctx context.Context) error {
 
 // sweepDeleted drops paths that are no longer valid (garbage collected).
 func (s *Store) sweepDeleted(ctx context.Context) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM ValidPaths`)
+	rows, err := s.conn().QueryContext(ctx, `SELECT id FROM ValidPaths`)
 	if err != nil {
 		return err
 	}
@@ -396,14 +518,15 @@ func (s *Store) lookup(ctx context.Context, h Hash) (*NarInfo, error) {
 	if !ok {
 		return nil, ErrNotFound
 	}
-	r, err := scanRow(s.db.QueryRowContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id = ?`, e.id))
+	db := s.conn()
+	r, err := scanRow(db.QueryRowContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id = ?`, e.id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("query %s in %s: %w", e.base, s.dbPath, err)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?`, e.id)
+	rows, err := db.QueryContext(ctx, `SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?`, e.id)
 	if err != nil {
 		return nil, fmt.Errorf("query references of %s in %s: %w", e.base, s.dbPath, err)
 	}

@@ -47,8 +47,13 @@ install_missing() {
 	command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 	command -v tmux >/dev/null || missing+=(tmux)
 	command -v gcc >/dev/null || missing+=(gcc) # go test -race needs cgo
+	command -v systemd-analyze >/dev/null || missing+=(systemd) # packaging: unit checks
+	command -v groff >/dev/null || missing+=(groff-base)        # packaging: man page
+	command -v curl >/dev/null || missing+=(curl)
+	command -v xz >/dev/null || missing+=(xz-utils)
+	command -v setpriv >/dev/null || missing+=(util-linux)
 	if [ ${#missing[@]} -eq 0 ]; then
-		echo "all present: nix-bin busybox-static nginx iproute2 tmux gcc"
+		echo "all present: nix-bin busybox-static nginx iproute2 tmux gcc systemd groff-base curl xz-utils util-linux"
 		return 0
 	fi
 	if [ "${SKIP_INSTALL:-}" = 1 ]; then
@@ -93,6 +98,12 @@ go_test() {
 	go test -race -count=1 -timeout "$TEST_TIMEOUT" ./...
 }
 
+# The packaging module (nfpm, go-containerregistry) is its own Go module so
+# the daemon's stays lean; ./... above does not reach it.
+packaging_test() {
+	(cd packaging && go test -count=1 -timeout "$TEST_TIMEOUT" ./...)
+}
+
 benchmarks_once() {
 	go test -run '^$' -bench . -benchtime 1x -timeout "$TEST_TIMEOUT" ./...
 }
@@ -122,8 +133,10 @@ fuzz_all() {
 check "install missing packages" install_missing
 check "gofmt -l" gofmt_clean
 check "go vet ./..." go vet ./...
+check "go vet (packaging module)" bash -c 'cd packaging && go vet ./...'
 check "cross-build CGO_ENABLED=0 linux/amd64 linux/arm64 linux/arm/v7" cross_build
 check "go test -race ./..." go_test
+check "packaging tests (deb, OCI, Nix modules)" packaging_test
 check "benchmarks (1 iteration each)" benchmarks_once
 check "fuzz targets ($FUZZTIME each)" fuzz_all
 

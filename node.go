@@ -403,6 +403,19 @@ func addrString(a net.Addr) string {
 func (n *Node) routes() http.Handler {
 	metrics := n.metricsHandler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+			// Nothing here takes a request body. Do not read it: net/http
+			// would drain it before answering, with no deadline (a client
+			// trickling a body held the connection forever), and a request
+			// framed by both Content-Length and Transfer-Encoding must not
+			// be followed by another on the same connection (RFC 9112 6.3).
+			w.Header().Set("Connection", "close")
+			http.NewResponseController(w).SetReadDeadline(time.Now())
+			if r.Method == http.MethodGet || r.Method == http.MethodHead {
+				http.Error(w, "request bodies are not accepted", http.StatusBadRequest)
+				return
+			}
+		}
 		var h http.Handler
 		switch r.URL.Path {
 		case "/_lancache/status":

@@ -196,6 +196,7 @@ func decodeStatus(addr string, body []byte) (*lancache.Status, error) {
 	if err := json.Unmarshal(body, &st); err != nil {
 		return nil, fmt.Errorf("status from %s is not lancache status JSON: %w", addr, err)
 	}
+	sanitizeStatus(&st)
 	return &st, nil
 }
 

@@ -124,6 +124,9 @@ type Upstream struct {
 	missing   map[cache.Hash]time.Time
 	flights   map[cache.Hash]*flight
 	downloads map[cache.Hash]*download
+	// uncacheable: paths whose download into the NAR cache failed for a
+	// local reason (a full disk): streamed directly until the time given.
+	uncacheable map[cache.Hash]time.Time
 }
 
 // upstream is one configured binary cache.
@@ -183,6 +186,8 @@ func New(cfg Config, store *narcache.Cache) (*Upstream, error) {
 		missing:   make(map[cache.Hash]time.Time),
 		flights:   make(map[cache.Hash]*flight),
 		downloads: make(map[cache.Hash]*download),
+
+		uncacheable: make(map[cache.Hash]time.Time),
 	}
 	if u.log == nil {
 		u.log = slog.New(slog.DiscardHandler)
@@ -524,6 +529,12 @@ func (u *Upstream) startDownload(k *known) (*download, error) {
 	if d := u.downloads[k.hash]; d != nil {
 		return d, nil
 	}
+	if until, ok := u.uncacheable[k.hash]; ok {
+		if u.now().Before(until) {
+			return nil, errDirect
+		}
+		delete(u.uncacheable, k.hash)
+	}
 	wr, err := u.store.Begin(k.info)
 	switch {
 	case err == nil:
@@ -558,6 +569,16 @@ func (u *Upstream) download(d *download, k *known, wr *narcache.Writer) {
 		u.log.Debug("NAR downloaded", "upstream", k.up.base, "path", k.info.StorePath, "bytes", n, "took", u.now().Sub(start))
 	}
 	u.mu.Lock()
+	if errors.Is(err, errLocalWrite) {
+		// The cache cannot hold it now (disk full, I/O error): the next
+		// requests stream it directly, verified, instead of failing the
+		// same way. Nix retries the one that failed.
+		if len(u.uncacheable) >= maxUncacheable {
+			clear(u.uncacheable)
+		}
+		u.uncacheable[k.hash] = u.now().Add(uncacheableFor)
+		u.log.Warn("NAR cache write failed; serving this path directly from upstream for a while", "path", k.info.StorePath, "for", uncacheableFor, "err", err)
+	}
 	delete(u.downloads, k.hash)
 	d.err = err
 	u.mu.Unlock()
@@ -577,6 +598,15 @@ func (u *Upstream) noteNARResult(k *known, err error) {
 }
 
 var errIdle = errors.New("no data from upstream")
+
+// errLocalWrite marks a download that failed because the NAR cache could not
+// take the bytes (not because of upstream or the bytes themselves).
+var errLocalWrite = errors.New("writing to the NAR cache failed")
+
+const (
+	uncacheableFor = 10 * time.Minute
+	maxUncacheable = 4096
+)
 
 // fetchNAR copies k's NAR file from its upstream to dst, failing when the
 // upstream is silent for NARIdleTimeout.
@@ -617,6 +647,9 @@ func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64
 		if m > 0 {
 			u.stats.narBytes.Add(uint64(m))
 			if _, err := dst.Write(buf[:m]); err != nil {
+				if _, isCache := dst.(*narcache.Writer); isCache && !errors.Is(err, cache.ErrHashMismatch) {
+					err = fmt.Errorf("%w: %w", errLocalWrite, err)
+				}
 				return n, fmt.Errorf("GET %s from %s: %w", k.info.URL, k.up.base, err)
 			}
 			n += int64(m)

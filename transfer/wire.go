@@ -230,7 +230,8 @@ func printable(p []byte) bool {
 		return false
 	}
 	for _, r := range string(p) {
-		if r < 0x20 || r == 0x7f {
+		// C0, DEL and C1 controls: a name reaches logs and terminals.
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
 			return false
 		}
 	}

@@ -566,7 +566,7 @@ func (s *Store) NarInfo(ctx context.Context, h Hash) (*NarInfo, error) {
 	s.mu.RLock()
 	e, ok := s.byHash[h]
 	s.mu.RUnlock()
-	if !ok || (!e.shared && s.cfg.Policy.Mode != ShareAll) {
+	if !ok || !e.shared {
 		return nil, ErrNotFound
 	}
 	info, err := s.lookup(ctx, h)
@@ -587,7 +587,7 @@ func (s *Store) WriteNAR(ctx context.Context, w io.Writer, info *NarInfo, offset
 	if err != nil {
 		return err
 	}
-	if !s.Has(h) && s.cfg.Policy.Mode != ShareAll {
+	if !s.Has(h) {
 		return ErrNotFound
 	}
 	p := filepath.Join(s.storeDir, h.String()+"-"+name)

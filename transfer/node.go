@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/semaphore"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -142,6 +143,9 @@ type Node struct {
 
 	wg         sync.WaitGroup // every goroutine Run starts
 	mismatches atomic.Int64   // NARs from peers that failed verification
+	// holdBudget bounds the bytes of NARs held in memory until verified
+	// (see verifyFirstMax).
+	holdBudget *semaphore.Weighted
 
 	mu       sync.Mutex
 	runCtx   context.Context // nil until Run
@@ -225,6 +229,8 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		targets:  make(map[string]*target),
 		sessions: make(map[string]*session),
 		peerInfo: make(map[string]*peerStats),
+
+		holdBudget: semaphore.NewWeighted(verifyFirstBudget),
 	}
 	n.xfers.init()
 	return n, nil
@@ -398,6 +404,11 @@ func (n *Node) dialLoop(ctx context.Context, t *target) {
 	var lastErr string
 	for ctx.Err() == nil {
 		if s := n.sessionFor(t); s != nil {
+			n.mu.Lock()
+			if t.expectID == "" || t.expectID == s.id {
+				t.id = s.id // the peer dialed first: status shows one entry
+			}
+			n.mu.Unlock()
 			n.setTarget(t, StateConnected, nil)
 			select {
 			case <-s.done:
@@ -461,7 +472,14 @@ func (n *Node) dial(ctx context.Context, t *target) (*session, error) {
 	if id, err := connPeerID(conn); err == nil {
 		n.mu.Lock()
 		t.id = id
+		old := n.sessions[id]
 		n.mu.Unlock()
+		if old != nil && old.ctx.Err() == nil {
+			// The peer dialed this node while this dial was pending; that
+			// session may already carry requests: keep it.
+			conn.CloseWithError(codeDuplicate, "already connected")
+			return nil, errDuplicate
+		}
 	}
 	s, err := n.startSession(ctx, conn, true)
 	if err != nil {
@@ -491,7 +509,7 @@ func (n *Node) logRefusal(addr net.Addr, err error) {
 	switch {
 	case errors.Is(err, errFleet):
 		n.log.Warn("refused peer: not in this fleet", "addr", addr.String(), "err", err)
-	case errors.Is(err, errShutdown), errors.Is(err, context.Canceled):
+	case errors.Is(err, errShutdown), errors.Is(err, context.Canceled), isDuplicate(err):
 	default:
 		n.log.Info("refused peer", "addr", addr.String(), "err", err)
 	}

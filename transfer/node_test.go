@@ -525,3 +525,48 @@ func TestCorruptionBlocklists(t *testing.T) {
 		t.Fatalf("served by %s, want c", ts[0].Peer)
 	}
 }
+
+// With a good holder connected, a corrupt copy served first is caught
+// before any byte reaches the caller, and the file comes whole from the
+// good holder inside the same WriteNAR.
+func TestCorruptionRoutedAroundInOneResponse(t *testing.T) {
+	key := newTestKey(t, "test-1")
+	a := startNode(t, "a", &key, nil) // corrupt copy
+	c := startNode(t, "c", &key, nil) // good copy
+	b := startNode(t, "b", &key, nil)
+	info, data := makePath(t, &key, "victim", 1<<20)
+	bad := slices.Clone(data)
+	bad[len(bad)-5] ^= 1
+	a.share(info, bad)
+	connect(b, a)
+	h := hashOf(t, info)
+	waitFor(t, "a's inventory", func() bool { return offers(b, a.ID(), h) })
+	c.share(info, data)
+	connect(b, c)
+	waitFor(t, "c's inventory", func() bool { return offers(b, c.ID(), h) })
+	// Make a the first choice: c looks busy.
+	for _, s := range b.holders(h, nil) {
+		if s.id == c.ID() {
+			s.active.Add(5)
+			defer s.active.Add(-5)
+		}
+	}
+	var buf bytes.Buffer
+	if err := b.WriteNAR(context.Background(), &buf, info, 0, -1); err != nil {
+		t.Fatalf("WriteNAR with a good holder present: %v", err)
+	}
+	if !bytes.Equal(buf.Bytes(), data) {
+		t.Fatal("caller got other bytes than the good file")
+	}
+	if b.HashMismatches() != 1 {
+		t.Fatalf("mismatches = %d, want 1", b.HashMismatches())
+	}
+	for _, p := range b.Peers() {
+		if p.ID == a.ID() && p.BlocklistedUntil.IsZero() {
+			t.Fatal("a not blocklisted")
+		}
+	}
+	if ts := b.Transfers(); ts[0].Result != ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
+		t.Fatalf("transfer %+v", ts[0])
+	}
+}

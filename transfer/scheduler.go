@@ -106,13 +106,28 @@ func (n *Node) checkNarInfo(h cache.Hash, info *cache.NarInfo) error {
 // file that failed the check.
 const holdBack = 64 << 10
 
+// Files up to verifyFirstMax are verified whole before their first byte is
+// released, within a node-wide budget of verifyFirstBudget bytes held in
+// memory. A peer that sends bad bytes is then routed around inside the same
+// response: the caller (Nix) sees one good response from the next holder,
+// instead of a broken one it would resume with a Range request from another
+// holder (and still fail, its first part being bad). Larger files, or any
+// file when the budget is spent, stream with the holdBack tail only.
+const (
+	verifyFirstMax    = 64 << 20
+	verifyFirstBudget = 256 << 20
+	maxVerifyAttempts = 3
+)
+
 // WriteNAR streams the file info describes from the peers that offer it
 // into w, checking it against info's NarHash as it goes. When the serving
 // peer fails mid-stream, the transfer resumes at the same byte on the next
-// holder; w sees one uninterrupted stream. If the bytes do not verify, it
-// returns an error wrapping cache.ErrHashMismatch, and every peer that
-// contributed bytes is blocklisted for BlocklistFor (a mixed stream cannot
-// tell which one lied), so the next request goes elsewhere.
+// holder; w sees one uninterrupted stream. If the bytes do not verify, every
+// peer that contributed bytes is blocklisted for BlocklistFor (a mixed
+// stream cannot tell which one lied), so the next request goes elsewhere;
+// for a file verified before release (see verifyFirstMax) the transfer
+// starts again on the remaining holders, otherwise WriteNAR returns an
+// error wrapping cache.ErrHashMismatch.
 //
 // A range (offset > 0 or length >= 0, from an HTTP Range request) cannot be
 // verified on its own: WriteNAR fetches the whole file from byte 0, writes
@@ -132,14 +147,47 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 	if length >= 0 && offset+length < size {
 		end = offset + length
 	}
+	hold := min(holdBack, end-offset)
+	if size <= verifyFirstMax && n.holdBudget.TryAcquire(end-offset) {
+		defer n.holdBudget.Release(end - offset)
+		hold = end - offset
+	}
+	x := n.xfers.start(h, info.Name(), size)
+	var mismatch error // the first verification failure, if any
+	for attempt := 1; ; attempt++ {
+		out := &rangeWriter{w: w, start: offset, end: end, hold: hold}
+		err := n.fetchVerified(ctx, h, info, size, out, x)
+		if errors.Is(err, cache.ErrHashMismatch) && out.untouched() && attempt < maxVerifyAttempts && ctx.Err() == nil {
+			n.log.Info("NAR failed verification before any byte was released; fetching it again from other holders", "hash", h.String(), "attempt", attempt+1)
+			if mismatch == nil {
+				mismatch = err
+			}
+			x.restart()
+			continue
+		}
+		if err != nil && mismatch != nil && !errors.Is(err, cache.ErrHashMismatch) {
+			// No good holder left: what went wrong is the bad copy.
+			err = fmt.Errorf("%w (then: %v)", mismatch, err)
+		}
+		if err == nil {
+			if err = out.release(); err != nil {
+				err = fmt.Errorf("NAR %s: write: %w", h, err)
+			}
+		}
+		x.finish(err)
+		return err
+	}
+}
+
+// fetchVerified runs one transfer of the whole file through a Verifier into
+// out, failing over between holders. A mismatch blocklists the contributors
+// and returns an error wrapping cache.ErrHashMismatch.
+func (n *Node) fetchVerified(ctx context.Context, h cache.Hash, info *cache.NarInfo, size int64, out *rangeWriter, x *transfer) error {
 	v, err := cache.NewVerifier(info)
 	if err != nil {
 		return fmt.Errorf("NAR %s: %w", h, err)
 	}
-	out := &rangeWriter{w: w, start: offset, end: end, hold: min(holdBack, end-offset)}
-	x := n.xfers.start(h, info.Name(), size)
 	sink := &verifySink{v: v, out: out, x: x}
-
 	tried := make(map[*session]bool)
 	var contributors []*session
 	var errs []error
@@ -147,12 +195,10 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 		ss := n.holders(h, tried)
 		if len(ss) == 0 {
 			v.Abort()
-			err := fmt.Errorf("NAR %s: no peer left to fetch byte %d from: %w", h, v.Written(), errors.Join(errs...))
 			if len(tried) == 0 {
-				err = fmt.Errorf("%w: NAR %s: no peer offers it", cache.ErrNotFound, h)
+				return fmt.Errorf("%w: NAR %s: no peer offers it", cache.ErrNotFound, h)
 			}
-			x.finish(err)
-			return err
+			return fmt.Errorf("NAR %s: no peer left to fetch byte %d from: %w", h, v.Written(), errors.Join(errs...))
 		}
 		s := ss[0]
 		tried[s] = true
@@ -177,36 +223,26 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 		switch {
 		case errors.As(err, &se) && sink.verifyErr != nil:
 			v.Abort()
-			return n.mismatch(x, h, contributors, sink.verifyErr)
+			return n.mismatch(h, contributors, sink.verifyErr)
 		case errors.As(err, &se):
 			// The caller went away (Nix hung up): nobody's fault.
 			v.Abort()
-			err = fmt.Errorf("NAR %s: write: %w", h, se.err)
-			x.finish(err)
-			return err
+			return fmt.Errorf("NAR %s: write: %w", h, se.err)
 		case ctx.Err() != nil:
 			v.Abort()
-			err = fmt.Errorf("NAR %s: %w", h, ctx.Err())
-			x.finish(err)
-			return err
+			return fmt.Errorf("NAR %s: %w", h, ctx.Err())
 		}
 		n.log.Info("peer failed to serve NAR", "peer", s.id, "hash", h.String(), "offset", v.Written(), "err", err)
 		errs = append(errs, err)
 	}
 	if err := v.Close(); err != nil {
-		return n.mismatch(x, h, contributors, err)
+		return n.mismatch(h, contributors, err)
 	}
-	if err := out.release(); err != nil {
-		err = fmt.Errorf("NAR %s: write: %w", h, err)
-		x.finish(err)
-		return err
-	}
-	x.finish(nil)
 	return nil
 }
 
 // mismatch blocklists the peers that sent bytes failing verification.
-func (n *Node) mismatch(x *transfer, h cache.Hash, from []*session, verr error) error {
+func (n *Node) mismatch(h cache.Hash, from []*session, verr error) error {
 	ids := make([]string, len(from))
 	for i, s := range from {
 		ids[i] = s.id
@@ -218,9 +254,7 @@ func (n *Node) mismatch(x *transfer, h cache.Hash, from []*session, verr error) 
 	if !errors.Is(err, cache.ErrHashMismatch) {
 		err = fmt.Errorf("%w: %w", cache.ErrHashMismatch, verr)
 	}
-	err = fmt.Errorf("NAR %s from %v: %w", h, ids, err)
-	x.finish(err)
-	return err
+	return fmt.Errorf("NAR %s from %v: %w", h, ids, err)
 }
 
 // verifySink passes fetched bytes through the Verifier, then to the output.
@@ -249,6 +283,7 @@ type rangeWriter struct {
 	hold       int64
 	pos        int64  // file position of the next byte
 	held       []byte // range bytes at [end-hold, end) seen so far
+	written    int64  // bytes written to w
 }
 
 func (r *rangeWriter) Write(p []byte) (int, error) {
@@ -262,7 +297,9 @@ func (r *rangeWriter) Write(p []byte) (int, error) {
 	}
 	cut := r.end - r.hold // range bytes from here on are held back
 	if a < cut {
-		if _, err := r.w.Write(p[a-lo : min(b, cut)-lo]); err != nil {
+		k, err := r.w.Write(p[a-lo : min(b, cut)-lo])
+		r.written += int64(k)
+		if err != nil {
 			return 0, err
 		}
 	}
@@ -272,12 +309,16 @@ func (r *rangeWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// untouched reports whether nothing has been written to the destination.
+func (r *rangeWriter) untouched() bool { return r.written == 0 }
+
 // release writes the held-back bytes.
 func (r *rangeWriter) release() error {
 	if len(r.held) == 0 {
 		return nil
 	}
-	_, err := r.w.Write(r.held)
+	k, err := r.w.Write(r.held)
+	r.written += int64(k)
 	r.held = nil
 	return err
 }

@@ -165,6 +165,12 @@ func (x *transfer) setPeer(s *session) {
 	x.mu.Unlock()
 }
 
+// restart starts the byte count again (a whole new attempt at the file).
+func (x *transfer) restart() {
+	x.done.Store(0)
+	x.failover()
+}
+
 func (x *transfer) failover() {
 	x.mu.Lock()
 	x.st.Failovers++

@@ -341,33 +341,32 @@ func (e *Endpoint) sendIface(st *ifState, buf []byte, query bool) (int, error) {
 }
 
 func (e *Endpoint) read4(c *ipv4.PacketConn, shared bool) {
-	defer e.wg.Done()
-	buf := make([]byte, MaxPacket+1)
-	for {
-		n, cm, src, err := c.ReadFrom(buf)
-		if err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			e.log.Debug("mDNS: read", "err", err)
-			continue
+	e.readLoop(shared, true, func(b []byte) (int, int, net.Addr, bool, error) {
+		n, cm, src, err := c.ReadFrom(b)
+		if cm == nil {
+			return n, 0, src, false, err
 		}
-		if cm == nil || n > MaxPacket {
-			continue
-		}
-		ua, ok := src.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		e.handle(buf[:n], ua.AddrPort(), cm.IfIndex, shared, true)
-	}
+		return n, cm.IfIndex, src, true, err
+	})
 }
 
 func (e *Endpoint) read6(c *ipv6.PacketConn, shared bool) {
+	e.readLoop(shared, false, func(b []byte) (int, int, net.Addr, bool, error) {
+		n, cm, src, err := c.ReadFrom(b)
+		if cm == nil {
+			return n, 0, src, false, err
+		}
+		return n, cm.IfIndex, src, true, err
+	})
+}
+
+// readLoop reads packets with read (which reports the arrival interface
+// when the control message has it) until the endpoint closes.
+func (e *Endpoint) readLoop(shared, v4 bool, read func([]byte) (n, ifIndex int, src net.Addr, haveIf bool, err error)) {
 	defer e.wg.Done()
 	buf := make([]byte, MaxPacket+1)
 	for {
-		n, cm, src, err := c.ReadFrom(buf)
+		n, ifIndex, src, haveIf, err := read(buf)
 		if err != nil {
 			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return
@@ -375,14 +374,14 @@ func (e *Endpoint) read6(c *ipv6.PacketConn, shared bool) {
 			e.log.Debug("mDNS: read", "err", err)
 			continue
 		}
-		if cm == nil || n > MaxPacket {
+		if !haveIf || n > MaxPacket {
 			continue
 		}
 		ua, ok := src.(*net.UDPAddr)
 		if !ok {
 			continue
 		}
-		e.handle(buf[:n], ua.AddrPort(), cm.IfIndex, shared, false)
+		e.handle(buf[:n], ua.AddrPort(), ifIndex, shared, v4)
 	}
 }
 

@@ -114,8 +114,8 @@ const holdBack = 64 << 10
 // holder (and still fail, its first part being bad). Larger files, or any
 // file when the budget is spent, stream with the holdBack tail only.
 const (
-	verifyFirstMax    = 64 << 20
-	verifyFirstBudget = 256 << 20
+	verifyFirstMax    = 32 << 20
+	verifyFirstBudget = 128 << 20
 	maxVerifyAttempts = 3
 )
 
@@ -155,7 +155,7 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 	x := n.xfers.start(h, info.Name(), size)
 	var mismatch error // the first verification failure, if any
 	for attempt := 1; ; attempt++ {
-		out := &rangeWriter{w: w, start: offset, end: end, hold: hold}
+		out := &rangeWriter{w: w, start: offset, end: end, hold: hold, held: make([]byte, 0, hold)}
 		err := n.fetchVerified(ctx, h, info, size, out, x)
 		if errors.Is(err, cache.ErrHashMismatch) && out.untouched() && attempt < maxVerifyAttempts && ctx.Err() == nil {
 			n.log.Info("NAR failed verification before any byte was released; fetching it again from other holders", "hash", h.String(), "attempt", attempt+1)

@@ -106,6 +106,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		ready:  make(chan struct{}),
 		sse:    make(chan struct{}, maxEventClients),
 	}
+	built := false
+	defer func() {
+		if !built {
+		}
+	}()
 	var sources []cache.Source
 	if cfg.StoreRoot != "none" && cfg.StoreRoot != "" {
 		st, err := cache.OpenStore(ctx, cache.StoreConfig{
@@ -128,7 +133,6 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: n.inv, Logger: cfg.Logger,
 		})
 		if err != nil {
-			n.closeSources()
 			return nil, fmt.Errorf("--cache-dir: %w", err)
 		}
 		n.disk = dc
@@ -137,7 +141,6 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if len(cfg.Upstreams) > 0 {
 		up, err := upstream.New(upstream.Config{URLs: cfg.Upstreams, TrustedKeys: keys, Logger: cfg.Logger}, n.disk)
 		if err != nil {
-			n.closeSources()
 			return nil, fmt.Errorf("--upstream: %w", err)
 		}
 		if n.disk == nil {
@@ -150,7 +153,6 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	var fleetKey []byte
 	if cfg.FleetKeyFile != "" {
 		if fleetKey, err = transfer.LoadFleetKey(cfg.FleetKeyFile); err != nil {
-			n.closeSources()
 			return nil, fmt.Errorf("--fleet-key: %w", err)
 		}
 	}
@@ -158,11 +160,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.QUICAddr = ":37516"
 	}
 	if cfg.StateDir == "" {
-		n.closeSources()
 		return nil, errors.New("no state dir: set --state-dir")
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		n.closeSources()
 		return nil, fmt.Errorf("--state-dir: %w", err)
 	}
 	tn, err := transfer.New(transfer.Config{
@@ -178,13 +178,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		Logger:    cfg.Logger.With("component", "transfer"),
 	}, countingSource{cache.Chain(sources), &n.bytesToPeers}, n.inv)
 	if err != nil {
-		n.closeSources()
 		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
 	}
 	n.peers = tn
 	if !cfg.NoMDNS {
 		if n.mdns, err = n.newDiscovery(fleetKey); err != nil {
-			n.closeSources()
 			return nil, fmt.Errorf("mDNS discovery: %w", err)
 		}
 	}
@@ -194,6 +192,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		sources = append(sources, n.up)
 	}
 	n.handler = cache.NewHandler(cache.HandlerConfig{Logger: cfg.Logger}, sources...)
+	built = true
 	return n, nil
 }
 

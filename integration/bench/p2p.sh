@@ -35,92 +35,41 @@ FILES=${BENCH_FILES:-8}
 RUNS=${BENCH_RUNS:-5}
 SUBNET=${BENCH_SUBNET:-250}
 
-cd "$(dirname "$0")/../.."
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
-die() { echo "p2p.sh: $*" >&2; exit 1; }
-[ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and chroot Nix stores need it)"
-for tool in ip nix nix-store curl jq go; do
-	command -v "$tool" >/dev/null || die "$tool not found (apt-get install iproute2 nix-bin curl jq)"
-done
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/lancache-p2p-bench.XXXXXX")
-PIN_A= PIN_B=
+need_root "network namespaces and chroot Nix stores need it"
+need_tools "apt-get install iproute2 nix-bin curl jq" ip nix nix-store curl jq go
+PIN_A=() PIN_B=()
 if [ "${BENCH_PIN:-}" = 1 ]; then
 	command -v taskset >/dev/null || die "BENCH_PIN=1 needs taskset (util-linux)"
 	[ "$(nproc)" -ge 2 ] || die "BENCH_PIN=1 needs 2 CPUs"
-	PIN_A="taskset -c 0" PIN_B="taskset -c 1"
+	PIN_A=(taskset -c 0) PIN_B=(taskset -c 1)
 fi
+
+bench_init lancache-p2p-bench
 NS_A=lcb$$a
 NS_B=lcb$$b
 IP_A=10.231.$SUBNET.1
 IP_B=10.231.$SUBNET.2
-PIDS=() # processes this script started, signalled by cleanup
-cleanup() {
-	set +e
-	for pid in "${PIDS[@]}"; do
-		kill -TERM "$pid" 2>/dev/null
-	done
-	for pid in "${PIDS[@]}"; do
-		for _ in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-	done
-	ip netns del "$NS_A" 2>/dev/null
-	ip netns del "$NS_B" 2>/dev/null
-	if [ "${BENCH_KEEP:-}" = 1 ]; then
-		echo "kept $WORK"
-	else
-		chmod -R u+w "$WORK" 2>/dev/null
-		rm -rf "$WORK"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-export NIX_CONFIG='build-users-group =
-sandbox = false
-experimental-features = nix-command
-substituters =
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0'
-export XDG_CACHE_HOME=$WORK/home/cache XDG_CONFIG_HOME=$WORK/home/config
-unset NIX_REMOTE NIX_PATH
-mkdir -p "$XDG_CACHE_HOME" "$XDG_CONFIG_HOME"
-
-now() { date +%s.%N; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 in_a() { ip netns exec "$NS_A" "$@"; }
 in_b() { ip netns exec "$NS_B" "$@"; }
 
 echo "== build lancache and quicraw"
-if [ -n "${LANCACHE_BIN:-}" ]; then
-	BIN=$LANCACHE_BIN
-else
-	BIN=$WORK/lancache
-	go build -o "$BIN" ./cmd/lancache
-fi
+build_lancache
 go build -o "$WORK/quicraw" ./integration/bench/quicraw
-"$BIN" version || true
 
-echo "== make a ${SIZE_MIB} MiB store path of $FILES random files"
-mkdir -p "$WORK/payload"
-per=$((SIZE_MIB * 1024 / FILES))
-for i in $(seq 1 "$FILES"); do
-	head -c "${per}K" /dev/urandom >"$WORK/payload/file-$i"
-done
-SRC=$WORK/src
-P=$(nix-store --store "$SRC" --add "$WORK/payload")
-rm -rf "$WORK/payload"
-nix-store --generate-binary-cache-key bench-1 "$WORK/sk" "$WORK/pk"
-KEY=$(cat "$WORK/pk")
-nix store sign --store "$SRC" -k "$WORK/sk" "$P"
+make_store_path "$SIZE_MIB" "$FILES"
 NAR_SIZE=$(nix path-info --store "$SRC" --json "$P" | jq -r 'if type == "array" then .[0].narSize else .[].narSize end')
 echo "$P: NAR of $NAR_SIZE bytes"
 
 echo "== namespaces $NS_A ($IP_A) and $NS_B ($IP_B), one veth pair"
+del_netns() {
+	ip netns del "$NS_A" 2>/dev/null
+	ip netns del "$NS_B" 2>/dev/null
+}
+bench_on_exit del_netns
 ip netns add "$NS_A"
 ip netns add "$NS_B"
 ip link add "${NS_A}" netns "$NS_A" type veth peer name "${NS_B}" netns "$NS_B"
@@ -136,18 +85,18 @@ ip -n "$NS_B" link set eth0 up
 echo "== start lancache in both and quicraw in $NS_A"
 # Started with ip netns exec directly (not through in_a/in_b, which would
 # fork a subshell): $! is then the process itself, which cleanup signals.
-$PIN_A ip netns exec "$NS_A" "$BIN" serve --store-root "$SRC" --http 127.0.0.1:37515 --quic "$IP_A:37516" \
+"${PIN_A[@]}" ip netns exec "$NS_A" "$BIN" serve --store-root "$SRC" --http 127.0.0.1:37515 --quic "$IP_A:37516" \
 	--state-dir "$WORK/state-a" --trusted-public-keys "$KEY" --no-mdns --name bench-a \
 	>"$WORK/lancache-a.log" 2>&1 &
-PIDS+=($!)
+bench_proc $!
 PID_A=$!
-$PIN_B ip netns exec "$NS_B" "$BIN" serve --store-root none --http 127.0.0.1:37515 --quic "$IP_B:37516" \
+"${PIN_B[@]}" ip netns exec "$NS_B" "$BIN" serve --store-root none --http 127.0.0.1:37515 --quic "$IP_B:37516" \
 	--state-dir "$WORK/state-b" --trusted-public-keys "$KEY" --no-mdns --name bench-b \
 	--peer "$IP_A:37516" >"$WORK/lancache-b.log" 2>&1 &
-PIDS+=($!)
+bench_proc $!
 PID_B=$!
-$PIN_A ip netns exec "$NS_A" "$WORK/quicraw" -listen "$IP_A:4433" >"$WORK/quicraw.log" 2>&1 &
-PIDS+=($!)
+"${PIN_A[@]}" ip netns exec "$NS_A" "$WORK/quicraw" -listen "$IP_A:4433" >"$WORK/quicraw.log" 2>&1 &
+bench_proc $!
 PID_S=$!
 
 B_URL=http://127.0.0.1:37515
@@ -174,14 +123,16 @@ client_cpu() {
 # p2p_run: fetch the NAR from B's endpoint once; print the seconds.
 p2p_run() {
 	local out code size secs
-	out=$(client_cpu p2p $PIN_B ip netns exec "$NS_B" curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$NAR_URL")
+	out=$(client_cpu p2p "${PIN_B[@]}" ip netns exec "$NS_B" curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$NAR_URL")
 	read -r code size secs <<<"$out"
-	[ "$code" = 200 ] && [ "$size" = "$NAR_SIZE" ] || die "NAR from B: HTTP $code, $size bytes (want $NAR_SIZE)"
+	if [ "$code" != 200 ] || [ "$size" != "$NAR_SIZE" ]; then
+		die "NAR from B: HTTP $code, $size bytes (want $NAR_SIZE)"
+	fi
 	echo "$secs"
 }
 # raw_run: send as many bytes from A to B on one quic-go stream; print the
 # seconds.
-raw_run() { client_cpu raw $PIN_B ip netns exec "$NS_B" "$WORK/quicraw" -connect "$IP_A:4433" -size "$NAR_SIZE" -runs 1; }
+raw_run() { client_cpu raw "${PIN_B[@]}" ip netns exec "$NS_B" "$WORK/quicraw" -connect "$IP_A:4433" -size "$NAR_SIZE" -runs 1; }
 mbps() { awk -v b="$NAR_SIZE" -v s="$1" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 
 echo "== warm-up (untimed), and the NAR B serves checked against its NarHash"
@@ -196,15 +147,14 @@ echo "== $RUNS timed runs of each, order alternating"
 : >"$WORK/cpu-p2p"
 : >"$WORK/cpu-raw"
 A0=$(ticks "$PID_A") B0=$(ticks "$PID_B") S0=$(ticks "$PID_S")
-for run in $(seq 1 "$RUNS"); do
-	order="p2p raw"
-	[ $((run % 2)) -eq 0 ] && order="raw p2p"
-	for what in $order; do
-		secs=$("${what}_run")
-		echo "$secs" >>"$WORK/times-$what"
-		printf 'run %d  %-4s %8.3f s  %8s MB/s\n' "$run" "$what" "$secs" "$(mbps "$secs")"
-	done
-done
+# timed_run WHAT RUN: one run of p2p_run or raw_run, printed and recorded.
+timed_run() {
+	local secs
+	secs=$("${1}_run")
+	echo "$secs" >>"$WORK/times-$1"
+	printf 'run %d  %-4s %8.3f s  %8s MB/s\n' "$2" "$1" "$secs" "$(mbps "$secs")"
+}
+timed_runs "$RUNS" timed_run p2p raw
 
 A1=$(ticks "$PID_A") B1=$(ticks "$PID_B") S1=$(ticks "$PID_S")
 
@@ -217,7 +167,7 @@ if [ "${BENCH_NIX:-}" = 1 ]; then
 		NIX_CONFIG="$NIX_CONFIG
 trusted-public-keys = $KEY" in_b nix copy --from "$B_URL" --to "$dst" "$P"
 		t1=$(now)
-		secs=$(echo "$t1 $t0" | awk '{ printf "%.3f", $1 - $2 }')
+		secs=$(elapsed "$t0" "$t1")
 		echo "$secs" >>"$WORK/times-nix"
 		printf 'run %d  nix  %8.3f s  %8s MB/s\n' "$run" "$secs" "$(mbps "$secs")"
 		rm -rf "$dst"
@@ -227,7 +177,7 @@ fi
 p2p=$(median <"$WORK/times-p2p")
 raw=$(median <"$WORK/times-raw")
 pinning="sharing $(nproc) cores"
-[ -n "$PIN_A" ] && pinning="A on CPU 0, B on CPU 1"
+[ ${#PIN_A[@]} -gt 0 ] && pinning="A on CPU 0, B on CPU 1"
 echo "== results: $NAR_SIZE-byte NAR, $RUNS runs, veth between two namespaces, $pinning"
 printf 'median p2p NAR (A store -> QUIC -> B verify -> HTTP -> curl) %8.3f s  %8s MB/s\n' "$p2p" "$(mbps "$p2p")"
 printf 'median raw quic-go single stream A -> B                     %8.3f s  %8s MB/s\n' "$raw" "$(mbps "$raw")"

@@ -18,7 +18,7 @@
       # (TestFlakeVendorHash, `cd packaging && go test -run VendorHash .`) and
       # print the value to put here. If in doubt, set lib.fakeHash and take the
       # "got:" value from the failing `nix build`.
-      vendorHash = "sha256-SeFaTfZuz8VQCvmvSgUCLMTBNqwp3zFyHHKp1TX4Jgc=";
+      vendorHash = "sha256-mLCcf9XTSAVql4flpj9FW9mJke83RIm1i/XI1R85sEw=";
 
       # go.mod requires Go >= 1.26.
       lancacheFor = pkgs:

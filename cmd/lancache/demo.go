@@ -10,6 +10,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/mattn/go-isatty"
+
 	"github.com/lancache/lancache/demo"
 	"github.com/lancache/lancache/tui"
 )
@@ -23,6 +25,10 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		"Run three lancache nodes in this process on loopback, each with a cache of\nsynthetic signed store paths, fetching from each other over QUIC through\ntheir real HTTP endpoints; then watch them in 'lancache top'. Needs no Nix\nand no network.")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
+	}
+	if !*headless && !isatty.IsTerminal(os.Stdout.Fd()) {
+		fmt.Fprintln(stderr, "lancache demo: stdout is not a terminal: printing status lines instead of opening 'lancache top'")
+		*headless = true
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc

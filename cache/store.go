@@ -58,6 +58,7 @@ type Store struct {
 	byHash map[Hash]storeEntry
 	byID   map[int64]Hash
 	maxID  int64
+	shared int // entries of byHash with shared set
 }
 
 type storeEntry struct {
@@ -167,13 +168,43 @@ func (s *Store) Root() string { return s.cfg.Root }
 func (s *Store) sharedCount() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	n := 0
-	for _, e := range s.byHash {
-		if e.shared {
-			n++
-		}
+	return s.shared
+}
+
+// putLocked indexes e as the entry of h, replacing any older row of the same
+// path (deleted and registered again between two polls), and reports how
+// the path's visibility to peers changed.
+func (s *Store) putLocked(h Hash, e storeEntry) (nowShared, noLongerShared bool) {
+	prev, had := s.byHash[h]
+	s.byHash[h] = e
+	s.byID[e.id] = h
+	if had && prev.id != e.id {
+		delete(s.byID, prev.id)
 	}
-	return n
+	wasShared := had && prev.shared
+	switch {
+	case e.shared && !wasShared:
+		s.shared++
+		return true, false
+	case !e.shared && wasShared:
+		s.shared--
+		return false, true
+	}
+	return false, false
+}
+
+// dropLocked removes the row id of h; it reports whether h was shared.
+func (s *Store) dropLocked(id int64, h Hash) (wasShared bool) {
+	delete(s.byID, id)
+	e, ok := s.byHash[h]
+	if !ok || e.id != id {
+		return false // h is indexed under a newer row
+	}
+	delete(s.byHash, h)
+	if e.shared {
+		s.shared--
+	}
+	return e.shared
 }
 
 // pathRow is one ValidPaths row with its references.
@@ -242,7 +273,7 @@ func (s *Store) load(ctx context.Context, after int64) error {
 			return err
 		}
 	}
-	var added []Hash
+	var added, removed []Hash
 	s.mu.Lock()
 	for _, r := range list {
 		h, _, err := SplitStorePath(r.path)
@@ -255,18 +286,24 @@ func (s *Store) load(ctx context.Context, after int64) error {
 				e.shared = s.cfg.Policy.Shares(info)
 			}
 		}
-		s.byHash[h] = e
-		s.byID[r.id] = h
+		switch in, out := s.putLocked(h, e); {
+		case in:
+			added = append(added, h)
+		case out:
+			removed = append(removed, h)
+		}
 		if r.id > s.maxID {
 			s.maxID = r.id
 		}
-		if e.shared {
-			added = append(added, h)
-		}
 	}
 	s.mu.Unlock()
-	if s.cfg.Inventory != nil && len(added) > 0 {
-		s.cfg.Inventory.Add(added...)
+	if s.cfg.Inventory != nil {
+		if len(added) > 0 {
+			s.cfg.Inventory.Add(added...)
+		}
+		if len(removed) > 0 {
+			s.cfg.Inventory.Remove(removed...)
+		}
 	}
 	return nil
 }
@@ -451,11 +488,9 @@ func (s *Store) sweepDeleted(ctx context.Context) error {
 		if _, ok := live[id]; ok {
 			continue
 		}
-		if s.byHash[h].shared {
+		if s.dropLocked(id, h) {
 			removed = append(removed, h)
 		}
-		delete(s.byID, id)
-		delete(s.byHash, h)
 	}
 	s.mu.Unlock()
 	if len(removed) > 0 {
@@ -498,7 +533,7 @@ func (s *Store) recheckUnshared(ctx context.Context) error {
 			s.mu.Lock()
 			if e, ok := s.byHash[h]; ok && !e.shared {
 				e.shared = true
-				s.byHash[h] = e
+				s.putLocked(h, e)
 				added = append(added, h)
 			}
 			s.mu.Unlock()

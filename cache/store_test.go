@@ -144,3 +144,49 @@ func TestOpenStoreErrors(t *testing.T) {
 		t.Fatalf("corrupt DB: %v, want an error naming %s", err, db)
 	}
 }
+
+// A path deleted and registered again between two polls comes back under a
+// new row id: it must stay indexed and advertised exactly once.
+func TestStoreReRegisteredPath(t *testing.T) {
+	root, paths := chrootStore(t, "again", "other")
+	sk, pk := testKeys(t)
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, paths[0], paths[1])
+	keys, err := ParsePublicKeys(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := NewInventory()
+	ctx := context.Background()
+	st, err := OpenStore(ctx, StoreConfig{Root: root, Policy: Policy{Mode: ShareSigned, Keys: keys}, Inventory: inv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h, _, _ := SplitStorePath(paths[0])
+
+	nixCmd(t, "nix-store", "--store", root, "--delete", paths[0])
+	if again := addPath(t, root, "again"); again != paths[0] {
+		t.Fatalf("re-added as %s, want %s", again, paths[0])
+	}
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, paths[0])
+	if err := st.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Has(h) || !inv.Has(h) {
+		t.Fatal("re-registered path lost from the index or the inventory")
+	}
+	if valid, shared := st.Len(); valid != 2 || shared != 2 || inv.Len() != 2 {
+		t.Fatalf("valid %d shared %d inventory %d, want 2 2 2", valid, shared, inv.Len())
+	}
+	// Deleting it for good removes it once: no advertisement is left behind.
+	nixCmd(t, "nix-store", "--store", root, "--delete", paths[0])
+	if err := st.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st.Has(h) || inv.Has(h) {
+		t.Fatal("deleted path still indexed or advertised")
+	}
+	if valid, shared := st.Len(); valid != 1 || shared != 1 || inv.Len() != 1 {
+		t.Fatalf("valid %d shared %d inventory %d, want 1 1 1", valid, shared, inv.Len())
+	}
+}

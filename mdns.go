@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 
@@ -51,41 +52,72 @@ func (n *Node) connectedTo(id string) bool {
 	return false
 }
 
-// runDiscovery feeds mDNS sightings to the transport until ctx is done: a
-// peer that appears is dialed (pinned to the id it advertised), one whose
-// address changes is redialed, one that is gone is dropped.
+// runDiscovery feeds mDNS sightings to the transport until ctx is done.
 func (n *Node) runDiscovery(ctx context.Context, d *discovery.Discovery) error {
-	var mu sync.Mutex
-	dialed := map[string]string{} // peer id -> address we dial
-	err := d.Run(ctx, func(ev discovery.Event) {
-		mu.Lock()
-		defer mu.Unlock()
-		old, had := dialed[ev.Peer.ID]
-		switch ev.Kind {
-		case discovery.Gone:
-			if had {
-				n.peers.RemovePeer(old)
-				delete(dialed, ev.Peer.ID)
-				n.log.Info("mDNS peer gone", "peer", ev.Peer.ID, "name", ev.Peer.Name, "addr", old)
-			}
-		case discovery.Appeared, discovery.Updated:
-			if len(ev.Peer.Addrs) == 0 {
-				return
-			}
-			addr := ev.Peer.Addrs[0].String() // IPv4 first
-			if had && old == addr {
-				return
-			}
-			if had {
-				n.peers.RemovePeer(old)
-			}
-			dialed[ev.Peer.ID] = addr
-			n.peers.AddPeer(addr, ev.Peer.ID)
-			n.log.Info("mDNS peer", "event", ev.Kind.String(), "peer", ev.Peer.ID, "name", ev.Peer.Name, "addr", addr)
-		}
-	})
-	if err != nil {
+	f := newMDNSFeed(n.peers, n.cfg.Peers, n.log)
+	if err := d.Run(ctx, f.handle); err != nil {
 		return fmt.Errorf("mDNS: %w", err)
 	}
 	return nil
+}
+
+// dialer is what the mDNS feed needs of the peer transport.
+type dialer interface {
+	AddPeer(addr, expectedID string)
+	RemovePeer(addr string)
+}
+
+// mdnsFeed turns discovery events into dials: a peer that appears is dialed
+// (pinned to the id it advertised), one whose address changes is redialed,
+// one that is gone is dropped, unless its address is a static --peer, which
+// mDNS never removes.
+type mdnsFeed struct {
+	peers  dialer
+	log    *slog.Logger
+	static map[string]bool // --peer addresses
+
+	mu     sync.Mutex
+	dialed map[string]string // peer id -> address dialed for it
+}
+
+func newMDNSFeed(peers dialer, static []string, log *slog.Logger) *mdnsFeed {
+	f := &mdnsFeed{peers: peers, log: log, static: map[string]bool{}, dialed: map[string]string{}}
+	for _, p := range static {
+		f.static[p] = true
+	}
+	return f
+}
+
+func (f *mdnsFeed) drop(addr string) {
+	if !f.static[addr] {
+		f.peers.RemovePeer(addr)
+	}
+}
+
+func (f *mdnsFeed) handle(ev discovery.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old, had := f.dialed[ev.Peer.ID]
+	switch ev.Kind {
+	case discovery.Gone:
+		if had {
+			f.drop(old)
+			delete(f.dialed, ev.Peer.ID)
+			f.log.Info("mDNS peer gone", "peer", ev.Peer.ID, "name", ev.Peer.Name, "addr", old)
+		}
+	case discovery.Appeared, discovery.Updated:
+		if len(ev.Peer.Addrs) == 0 {
+			return
+		}
+		addr := ev.Peer.Addrs[0].String() // IPv4 first
+		if had && old == addr {
+			return
+		}
+		if had {
+			f.drop(old)
+		}
+		f.dialed[ev.Peer.ID] = addr
+		f.peers.AddPeer(addr, ev.Peer.ID)
+		f.log.Info("mDNS peer", "event", ev.Kind.String(), "peer", ev.Peer.ID, "name", ev.Peer.Name, "addr", addr)
+	}
 }

@@ -50,6 +50,9 @@ type Config struct {
 	StateDir          string
 	Name              string
 	Logger            *slog.Logger
+	// PeerCompression is what to ask peers to send: auto (default),
+	// always or never; see transfer.Config.Compression.
+	PeerCompression string
 }
 
 // Node is one lancache daemon.
@@ -165,7 +168,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--state-dir: %w", err)
 	}
+	var keeper transfer.Keeper
+	if n.disk != nil {
+		keeper = diskKeeper{n.disk}
+	}
 	tn, err := transfer.New(transfer.Config{
+		Keeper:         keeper,
+		Compression:    cfg.PeerCompression,
 		ListenAddr:     cfg.QUICAddr,
 		StateDir:       cfg.StateDir,
 		Name:           cfg.Name,
@@ -314,6 +323,18 @@ func (n *Node) HTTPAddr() net.Addr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.httpAddr
+}
+
+// diskKeeper keeps NARs fetched from peers in the NAR cache, uncompressed
+// as they arrive, so that a node with --cache-dir serves them in turn.
+type diskKeeper struct{ c *narcache.Cache }
+
+func (k diskKeeper) Keep(info *cache.NarInfo) (transfer.KeepWriter, error) {
+	w, err := k.c.Begin(info)
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // Status returns the node's current status.

@@ -261,6 +261,43 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom sends r with the response's own ReadFrom, which uses sendfile
+// when r is a file (as the NAR cache's hits are), in pieces so that each
+// must make progress within writeStall.
+func (l *lazyWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := l.w.(io.ReaderFrom)
+	lr, limited := r.(*io.LimitedReader)
+	if !ok || !limited {
+		return io.Copy(writerOnly{l}, r)
+	}
+	var total int64
+	for lr.N > 0 {
+		if l.n == 0 {
+			l.w.WriteHeader(l.status)
+		}
+		l.rc.SetWriteDeadline(time.Now().Add(writeStall))
+		piece := &io.LimitedReader{R: lr.R, N: min(lr.N, sendfilePiece)}
+		n, err := rf.ReadFrom(piece)
+		lr.N -= n
+		l.n += n
+		total += n
+		l.sent.Add(uint64(n))
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			break // the file ended early
+		}
+	}
+	return total, nil
+}
+
+// sendfilePiece is how much of a file one sendfile call may send.
+const sendfilePiece = 8 << 20
+
+// writerOnly hides a writer's ReadFrom, so io.Copy does not loop into it.
+type writerOnly struct{ io.Writer }
+
 // parseRange understands the single-range forms Nix and curl send
 // ("bytes=a-b", "bytes=a-", "bytes=-n"). No header: the whole file.
 func parseRange(hdr string, size int64) (start, length int64, status int, ok bool) {
@@ -301,4 +338,4 @@ func parseRange(hdr string, size int64) (start, length int64, status int, ok boo
 	}
 }
 
-var _ io.Writer = (*lazyWriter)(nil)
+var _ io.ReaderFrom = (*lazyWriter)(nil)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -119,11 +120,13 @@ type errSink struct{ err error }
 func (e *errSink) Error() string { return e.err.Error() }
 func (e *errSink) Unwrap() error { return e.err }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// errBadData wraps a response whose bytes do not decode in the encoding the
+// peer announced: proof that this peer sent bad bytes.
+var errBadData = errors.New("peer sent bytes that do not decode")
 
-// fetchNAR asks the peer for the file bytes m names and writes them to
-// sink, returning how many were written. Errors of sink come back as
-// *errSink.
+// fetchNAR asks the peer for the NAR bytes m names and writes them, decoded,
+// to sink, returning how many were written. Errors of sink come back as
+// *errSink; bytes that do not decode as errBadData.
 func (s *session) fetchNAR(ctx context.Context, m *narReq, sink io.Writer) (int64, error) {
 	s.active.Add(1)
 	defer s.active.Add(-1)
@@ -138,61 +141,143 @@ func (s *session) fetchNAR(ctx context.Context, m *narReq, sink io.Writer) (int6
 	if err == nil && t != typeNarResp {
 		err = fmt.Errorf("%w: frame type %#x in answer to a NAR request", ErrProtocol, t)
 	}
-	var status byte
-	var n uint64
+	var resp *narResp
 	if err == nil {
-		status, n, err = parseNarResp(p)
+		resp, err = parseNarResp(p)
 	}
-	want := m.FileSize - m.Offset
-	if m.Length != toEnd && m.Length < want {
-		want = m.Length
-	}
-	if err == nil && status == statusOK && n != want {
-		err = fmt.Errorf("%w: peer offers %d bytes, asked for %d", ErrProtocol, n, want)
+	want := m.want()
+	if err == nil && resp.Status == statusOK {
+		switch {
+		case resp.Encoding == encNone && resp.Length != want:
+			err = fmt.Errorf("%w: peer offers %d bytes, asked for %d", ErrProtocol, resp.Length, want)
+		case resp.Encoding == encZstd && m.Accept&acceptZstd == 0,
+			resp.Encoding == encXZ && m.Accept&acceptXZ == 0,
+			resp.Encoding == encChunked && m.Accept&acceptCompress == 0:
+			err = fmt.Errorf("%w: peer answered in encoding %d, not asked for", ErrProtocol, resp.Encoding)
+		case (resp.Encoding == encZstd || resp.Encoding == encXZ) && (m.Offset != 0 || want != m.NarSize):
+			err = fmt.Errorf("%w: peer sent a whole compressed file for a part of the NAR", ErrProtocol)
+		}
 	}
 	if err != nil {
 		st.CancelRead(streamCanceled)
 		return 0, s.protocolError(fmt.Errorf("NAR %s from %s: %w", m.Hash, s, err))
 	}
-	if status != statusOK {
-		return 0, fmt.Errorf("NAR %s from %s: %w", m.Hash, s, errPeerStatus(status))
+	if resp.Status != statusOK {
+		return 0, fmt.Errorf("NAR %s from %s: %w", m.Hash, s, errPeerStatus(resp.Status))
 	}
 
+	sr := &stallReader{st: st, stall: stall, count: &s.bytesIn}
+	sr.extend(time.Now())
+	var src io.Reader = sr
+	var limit uint64 = want // decoded bytes accepted
+	switch resp.Encoding {
+	case encNone:
+	case encChunked:
+		src = newChunkReader(sr, s.n.codecs.dec)
+	default:
+		comp := "zstd"
+		if resp.Encoding == encXZ {
+			comp = "xz"
+		}
+		d, err := cache.NewDecompressor(comp, sr)
+		if err != nil {
+			st.CancelRead(streamCanceled)
+			return 0, fmt.Errorf("NAR %s from %s: %w", m.Hash, s, err)
+		}
+		defer d.Close()
+		src = d
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
 	var got uint64
-	last := time.Now()
-	st.SetReadDeadline(last.Add(stall))
-	for got < n {
-		k, rerr := st.Read(buf[:min(uint64(len(buf)), n-got)])
+	for {
+		k, rerr := src.Read(buf)
 		if k > 0 {
+			if got+uint64(k) > limit {
+				st.CancelRead(streamCanceled)
+				return int64(got), fmt.Errorf("NAR %s from %s: %w: more than the %d bytes asked for", m.Hash, s, errBadData, limit)
+			}
 			got += uint64(k)
-			s.bytesIn.Add(int64(k))
 			if _, werr := sink.Write(buf[:k]); werr != nil {
 				st.CancelRead(streamCanceled)
 				return int64(got) - int64(k), &errSink{werr}
 			}
-			if now := time.Now(); now.Sub(last) > stall/8 {
-				st.SetReadDeadline(now.Add(stall))
-				last = now
-			}
 		}
-		if rerr != nil {
-			if got == n && errors.Is(rerr, io.EOF) {
-				break
-			}
-			st.CancelRead(streamCanceled)
-			if errors.Is(rerr, io.EOF) {
-				rerr = io.ErrUnexpectedEOF
-			}
-			return int64(got), fmt.Errorf("NAR %s from %s after %d bytes: %w", m.Hash, s, m.Offset+got, rerr)
+		if rerr == nil {
+			continue
 		}
-	}
-	if err := expectEOF(st); err != nil {
+		if errors.Is(rerr, io.EOF) && sr.eof {
+			break
+		}
 		st.CancelRead(streamCanceled)
-		// The bytes asked for all arrived; only the ending was wrong.
-		return int64(got), s.protocolError(fmt.Errorf("NAR %s from %s: %w", m.Hash, s, err))
+		switch {
+		case errors.Is(rerr, io.EOF) && !sr.eof:
+			// The decoder ended before the stream did: trailing bytes.
+			rerr = fmt.Errorf("%w: data after the end of the %s stream", errBadData, encName(resp.Encoding))
+		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+			rerr = io.ErrUnexpectedEOF
+		case sr.err == nil && resp.Encoding != encNone:
+			// Not the stream's error: the decoder's.
+			rerr = fmt.Errorf("%w: %w", errBadData, rerr)
+		}
+		return int64(got), fmt.Errorf("NAR %s from %s after %d bytes: %w", m.Hash, s, m.Offset+got, rerr)
+	}
+	if got != want {
+		return int64(got), fmt.Errorf("NAR %s from %s: %w: %d bytes, asked for %d", m.Hash, s, errBadData, got, want)
+	}
+	if resp.Encoding != encNone && resp.Length != toEnd && uint64(sr.n) != resp.Length {
+		return int64(got), fmt.Errorf("NAR %s from %s: %w: %d bytes on the wire, announced %d", m.Hash, s, errBadData, sr.n, resp.Length)
 	}
 	return int64(got), nil
 }
+
+func encName(e byte) string {
+	switch e {
+	case encZstd:
+		return "zstd"
+	case encXZ:
+		return "xz"
+	case encChunked:
+		return "chunked"
+	}
+	return "raw"
+}
+
+// stallReader reads a response stream, pushing its read deadline forward as
+// bytes arrive (a peer that stops sending is given up after the stall
+// timeout), counting them, and remembering whether the stream ended cleanly.
+type stallReader struct {
+	st    *quic.Stream
+	stall time.Duration
+	last  time.Time
+	count *atomic.Int64
+	n     int64
+	eof   bool
+	err   error // the stream's own error, other than EOF
+}
+
+func (r *stallReader) extend(now time.Time) {
+	r.st.SetReadDeadline(now.Add(r.stall))
+	r.last = now
+}
+
+func (r *stallReader) Read(p []byte) (int, error) {
+	k, err := r.st.Read(p)
+	if k > 0 {
+		r.n += int64(k)
+		r.count.Add(int64(k))
+		if now := time.Now(); now.Sub(r.last) > r.stall/8 {
+			r.extend(now)
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		r.eof = true
+	case err != nil:
+		r.err = err
+	}
+	return k, err
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}

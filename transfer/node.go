@@ -5,13 +5,15 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"golang.org/x/sync/semaphore"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/quic-go/quic-go"
@@ -66,6 +68,42 @@ type Config struct {
 	MaxPeerPaths int
 	// MaxPeers bounds the number of connected peers (default 256).
 	MaxPeers int
+	// VerifyFirstMax: NARs up to this size are verified whole before their
+	// first byte is released (default 32 MiB; see WriteNAR).
+	VerifyFirstMax int64
+	// Keeper, if set, keeps the NARs this node fetched from peers (the NAR
+	// cache of a node with --cache-dir), so that it serves them in turn.
+	Keeper Keeper
+	// Compression is what this node asks holders to send: CompressAuto
+	// (default: held .nar.zst/.nar.xz as they are, and compression on the
+	// fly chunk by chunk where the holder measures that it pays),
+	// CompressAlways (compress every chunk that shrinks) or CompressNever
+	// (plain NAR bytes only).
+	Compression string
+}
+
+// Compression modes of Config.Compression.
+const (
+	CompressAuto   = "auto"
+	CompressAlways = "always"
+	CompressNever  = "never"
+)
+
+// Keeper keeps verified NARs; see Config.Keeper.
+type Keeper interface {
+	// Keep starts keeping the NAR info describes (uncompressed). It fails
+	// when the path is held or being written already, or cannot fit.
+	Keep(info *cache.NarInfo) (KeepWriter, error)
+}
+
+// KeepWriter receives the NAR bytes of one Keep, from byte 0.
+type KeepWriter interface {
+	io.Writer
+	// Commit makes the NAR durable once its bytes verified; it checks them
+	// itself too.
+	Commit() error
+	// Abort gives the NAR up; nothing of it stays.
+	Abort(err error)
 }
 
 func (c *Config) setDefaults() {
@@ -87,6 +125,12 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxUploadsPerPeer, 8)
 	defInt(&c.MaxPeerPaths, 2_000_000)
 	defInt(&c.MaxPeers, 256)
+	if c.Compression == "" {
+		c.Compression = CompressAuto
+	}
+	if c.VerifyFirstMax <= 0 {
+		c.VerifyFirstMax = defaultVerifyFirstMax
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -144,8 +188,14 @@ type Node struct {
 	wg         sync.WaitGroup // every goroutine Run starts
 	mismatches atomic.Int64   // NARs from peers that failed verification
 	// holdBudget bounds the bytes of NARs held in memory until verified
-	// (see verifyFirstMax).
+	// (see Config.VerifyFirstMax).
 	holdBudget *semaphore.Weighted
+	codecs     *codecs
+	infos      *infoCache // narinfos learned from peers, by hash
+	blame      *blame     // who served which bytes of NARs that failed
+
+	narInfosServed atomic.Int64 // narinfo requests answered to peers
+	testHookAwait  func()       // called when a narinfo miss waits for inventories
 
 	mu       sync.Mutex
 	runCtx   context.Context // nil until Run
@@ -183,6 +233,11 @@ type peerStats struct {
 // without running.
 func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 	cfg.setDefaults()
+	switch cfg.Compression {
+	case CompressAuto, CompressAlways, CompressNever:
+	default:
+		return nil, fmt.Errorf("transfer: compression %q: want auto, always or never", cfg.Compression)
+	}
 	if local == nil || inv == nil {
 		return nil, errors.New("transfer: local source and inventory are required")
 	}
@@ -209,8 +264,14 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		MaxIncomingStreams:    int64(cfg.MaxStreamsPerPeer) + 1, // + control
 		MaxIncomingUniStreams: -1,
 	}
+	cd, err := newCodecs()
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
 	ln, err := tr.Listen(ident.serverTLS(), qconf)
 	if err != nil {
+		cd.close()
 		tr.Close()
 		udp.Close()
 		return nil, fmt.Errorf("peer listener: %w", err)
@@ -231,6 +292,9 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		peerInfo: make(map[string]*peerStats),
 
 		holdBudget: semaphore.NewWeighted(verifyFirstBudget),
+		codecs:     cd,
+		infos:      newInfoCache(infoCacheSize, infoCacheTTL),
+		blame:      newBlame(),
 	}
 	n.xfers.init()
 	return n, nil
@@ -291,6 +355,7 @@ func (n *Node) Close() error {
 		if cerr := n.udp.Close(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = cerr
 		}
+		n.codecs.close()
 	})
 	return err
 }

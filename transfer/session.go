@@ -34,6 +34,11 @@ type session struct {
 	cancel context.CancelCauseFunc
 	done   chan struct{} // closed when run returns
 
+	// firstInventory is closed once the peer's first inventory snapshot
+	// is in the index.
+	firstInventory chan struct{}
+	inventoryOnce  sync.Once
+
 	ctrlMu  sync.Mutex    // serialises writes to ctrl
 	resync  chan struct{} // the peer asked for a new snapshot
 	uploads chan struct{} // semaphore of NAR transfers served to the peer
@@ -42,6 +47,16 @@ type session struct {
 	active   atomic.Int32 // requests this node has in flight to the peer
 	bytesIn  atomic.Int64 // file bytes received from the peer
 	bytesOut atomic.Int64 // file bytes sent to the peer
+}
+
+// synced reports whether the peer's first inventory has arrived.
+func (s *session) synced() bool {
+	select {
+	case <-s.firstInventory:
+		return true
+	default:
+		return false
+	}
 }
 
 // dialerID is the id of the node that dialed the connection.
@@ -161,19 +176,21 @@ func (n *Node) handshake(ctx context.Context, conn *quic.Conn, dialed bool) (*se
 
 	sctx, scancel := context.WithCancelCause(ctx)
 	s := &session{
-		n:       n,
-		conn:    conn,
-		ctrl:    ctrl,
-		id:      pid,
-		name:    h.Name,
-		addr:    conn.RemoteAddr(),
-		dialed:  dialed,
-		since:   time.Now(),
-		ctx:     sctx,
-		cancel:  scancel,
-		done:    make(chan struct{}),
-		resync:  make(chan struct{}, 1),
-		uploads: make(chan struct{}, n.cfg.MaxUploadsPerPeer),
+		n:      n,
+		conn:   conn,
+		ctrl:   ctrl,
+		id:     pid,
+		name:   h.Name,
+		addr:   conn.RemoteAddr(),
+		dialed: dialed,
+		since:  time.Now(),
+		ctx:    sctx,
+		cancel: scancel,
+		done:   make(chan struct{}),
+		resync: make(chan struct{}, 1),
+
+		firstInventory: make(chan struct{}),
+		uploads:        make(chan struct{}, n.cfg.MaxUploadsPerPeer),
 	}
 	return s, codeNormal, nil
 }
@@ -250,6 +267,7 @@ func (s *session) readControl() error {
 				return err
 			}
 			s.n.idx.replace(s.slot, keys)
+			s.inventoryOnce.Do(func() { close(s.firstInventory) })
 			synced, seq, fp = true, m.Seq, m.FP
 			s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", len(keys), "bytes", len(p))
 		case typeDelta:
@@ -468,6 +486,7 @@ func expectEOF(r io.Reader) error {
 }
 
 func (s *session) serveNarInfo(st *quic.Stream, h cache.Hash) error {
+	s.n.narInfosServed.Add(1)
 	st.SetWriteDeadline(time.Now().Add(requestTimeout))
 	resp := []byte{statusNotFound}
 	if s.n.inv.Has(h) {
@@ -494,17 +513,10 @@ func (s *session) serveNarInfo(st *quic.Stream, h cache.Hash) error {
 	return st.Close()
 }
 
-func normCompression(c string) string {
-	if c == "" {
-		return "none"
-	}
-	return c
-}
-
 func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 	st.SetWriteDeadline(time.Now().Add(requestTimeout))
 	answer := func(status byte) error {
-		if err := writeFrame(st, typeNarResp, narResp(status, 0)); err != nil {
+		if err := writeFrame(st, typeNarResp, (&narResp{Status: status}).marshal()); err != nil {
 			return err
 		}
 		return st.Close()
@@ -524,16 +536,8 @@ func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 		s.n.log.Warn("local narinfo failed", "hash", m.Hash.String(), "err", err)
 		return answer(statusInternal)
 	}
-	size := uint64(cache.FileSize(info))
-	if info.NarHash != m.NarHash || normCompression(info.Compression) != normCompression(m.Compression) || size != m.FileSize {
+	if info.NarHash != m.NarHash || info.NarSize != m.NarSize {
 		return answer(statusOtherFile)
-	}
-	if m.Offset > size {
-		return answer(statusBadRequest)
-	}
-	n := size - m.Offset
-	if m.Length != toEnd && m.Length < n {
-		n = m.Length
 	}
 	select {
 	case s.uploads <- struct{}{}:
@@ -541,25 +545,120 @@ func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 	default:
 		return answer(statusBusy)
 	}
-	if err := writeFrame(st, typeNarResp, narResp(statusOK, n)); err != nil {
-		return err
-	}
+	want := m.want()
+	whole := m.Offset == 0 && want == m.NarSize
+	comp := cache.NormCompression(info.Compression)
 	dw := &deadlineWriter{st: st, stall: s.n.cfg.StallTimeout, count: &s.bytesOut}
-	bw := bufio.NewWriterSize(dw, 256<<10)
-	lw := &limitWriter{w: bw, left: int64(n)}
-	err = s.n.local.WriteNAR(ctx, lw, info, int64(m.Offset), int64(n))
+	hdr := narResp{Status: statusOK, Encoding: encNone, Length: want}
+	// The header goes out with the first bytes, so that a source failing
+	// before it has sent anything is answered statusInternal, not reset.
+	lw := &lazyHeader{w: dw}
+	var body func(w io.Writer) error
+	switch {
+	case whole && (comp == "zstd" && m.Accept&acceptZstd != 0 || comp == "xz" && m.Accept&acceptXZ != 0):
+		// Send the held compressed file as it is: fewer bytes, no CPU here.
+		hdr.Encoding, hdr.Length = encZstd, toEnd
+		if comp == "xz" {
+			hdr.Encoding = encXZ
+		}
+		if info.FileSize > 0 {
+			hdr.Length = info.FileSize
+		}
+		body = func(w io.Writer) error { return s.n.local.WriteNAR(ctx, w, info, 0, -1) }
+	case comp == "none" && m.Accept&acceptCompress != 0:
+		hdr.Encoding, hdr.Length = encChunked, toEnd
+		body = func(io.Writer) error {
+			// Chunks go straight to the stream: the time a write takes
+			// tells whether the link or the CPU is the bottleneck.
+			cw := newChunkWriter(lw, s.n.codecs, m.Accept&acceptForce != 0)
+			if err := s.n.local.WriteNAR(ctx, cw, info, int64(m.Offset), int64(want)); err != nil {
+				return err
+			}
+			return cw.Close()
+		}
+	case comp == "none":
+		body = func(w io.Writer) error { return s.n.local.WriteNAR(ctx, w, info, int64(m.Offset), int64(want)) }
+	default:
+		// A compressed copy and NAR bytes asked for (a resume, or a
+		// requester that takes no compressed form): decode it here.
+		body = func(w io.Writer) error { return s.n.writeDecoded(ctx, w, info, int64(m.Offset), int64(want)) }
+	}
+	lw.hdr = hdr.marshal()
+	bw := bufio.NewWriterSize(lw, 256<<10)
+	var out io.Writer = bw
+	var lim *limitWriter
+	if hdr.Length != toEnd {
+		lim = &limitWriter{w: bw, left: int64(hdr.Length)}
+		out = lim
+	}
+	err = body(out)
 	if err == nil {
 		err = bw.Flush()
 	}
-	if err == nil && lw.left != 0 {
-		err = fmt.Errorf("local source wrote %d bytes less than asked", lw.left)
+	if err == nil && lim != nil && lim.left != 0 {
+		err = fmt.Errorf("local source wrote %d bytes less than the %d announced", lim.left, hdr.Length)
+	}
+	if err == nil && !lw.sent {
+		err = lw.send() // an empty body
 	}
 	if err != nil {
+		if !lw.sent && ctx.Err() == nil {
+			s.n.log.Warn("serving NAR failed", "hash", m.Hash.String(), "err", err)
+			return answer(statusInternal)
+		}
 		// Reset, so the peer sees a failure and not a short file.
 		st.CancelWrite(streamInternal)
 		return fmt.Errorf("serve NAR %s: %w", m.Hash, err)
 	}
 	return st.Close()
+}
+
+// writeDecoded writes NAR bytes [offset, offset+length) of a path held
+// compressed, decoding the held file from its start.
+func (n *Node) writeDecoded(ctx context.Context, w io.Writer, info *cache.NarInfo, offset, length int64) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := n.local.WriteNAR(ctx, pw, info, 0, -1)
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	d, err := cache.NewDecompressor(info.Compression, bufio.NewReaderSize(pr, 256<<10))
+	if err == nil {
+		if _, err = io.CopyN(io.Discard, d, offset); err == nil {
+			_, err = io.CopyN(w, d, length)
+		}
+		d.Close()
+	}
+	pr.CloseWithError(errors.New("decoding stopped"))
+	if werr := <-done; err == nil && werr != nil && !errors.Is(werr, io.ErrClosedPipe) {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("decode held %s file: %w", info.Compression, err)
+	}
+	return nil
+}
+
+// lazyHeader writes hdr as a NarResp frame before the first body byte.
+type lazyHeader struct {
+	w    io.Writer
+	hdr  []byte
+	sent bool
+}
+
+func (l *lazyHeader) send() error {
+	l.sent = true
+	return writeFrame(l.w, typeNarResp, l.hdr)
+}
+
+func (l *lazyHeader) Write(p []byte) (int, error) {
+	if !l.sent {
+		if err := l.send(); err != nil {
+			return 0, err
+		}
+	}
+	return l.w.Write(p)
 }
 
 // deadlineWriter pushes the stream's write deadline forward as bytes go

@@ -56,7 +56,6 @@ const (
 const (
 	maxIDLen        = 64
 	maxNameLen      = 64
-	maxCompLen      = 16
 	maxDeltaEntries = 4096
 	proofLen        = 32
 	// maxSnapshotPayload bounds one inventory snapshot: about 4 million
@@ -74,8 +73,8 @@ var maxPayload = [256]uint32{
 	typeResync:      0,
 	typeNarInfoReq:  20,
 	typeNarInfoResp: 1 + cache.MaxNarInfoSize,
-	typeNarReq:      20 + 32 + 8 + 8 + 8 + 1 + maxCompLen,
-	typeNarResp:     1 + 8,
+	typeNarReq:      20 + 32 + 8 + 8 + 8 + 1,
+	typeNarResp:     1 + 1 + 8,
 }
 
 // known reports whether t is a frame type this version understands.
@@ -259,7 +258,10 @@ type hello struct {
 }
 
 // protocolVersion is the version of the messages (not of the framing).
-const protocolVersion = 1
+//
+// Version 2: NAR requests name positions in the uncompressed NAR and the
+// response says how the bytes are encoded (see narReq).
+const protocolVersion = 2
 
 // Capability bits in hello.Caps. None are defined yet; unknown bits are
 // ignored so that later versions can add some.
@@ -437,33 +439,62 @@ func parseNarInfoResp(p []byte) (byte, []byte, error) {
 	return st, text, d.end()
 }
 
-// narReq asks for a byte range of the file of a store path.
+// narReq asks for a byte range of the NAR of a store path.
 //
-//	hash [20]u8 | narHash [32]u8 | fileSize u64 | offset u64 | length u64 |
-//	compLen u8 | compression
+//	hash [20]u8 | narHash [32]u8 | narSize u64 | offset u64 | length u64 |
+//	accept u8
 //
-// narHash, fileSize and compression name the exact file wanted (peers may
-// hold the same path compressed differently); a server whose copy differs
-// answers statusOtherFile. length 0xffff_ffff_ffff_ffff means "to the end".
+// narHash and narSize name the NAR wanted (they are from its signed
+// narinfo); offset and length are positions in the uncompressed NAR, so a
+// transfer may resume on any holder whatever form each keeps the path in (a
+// store holds it uncompressed, a NAR cache as upstream's .nar.zst or
+// .nar.xz). A server whose copy is of another NAR answers statusOtherFile.
+// length toEnd means "to the end". accept says which encodings the
+// requester can take besides encNone (see the accept bits).
 type narReq struct {
-	Hash        cache.Hash
-	NarHash     cache.NarHash
-	FileSize    uint64
-	Offset      uint64
-	Length      uint64
-	Compression string
+	Hash    cache.Hash
+	NarHash cache.NarHash
+	NarSize uint64
+	Offset  uint64
+	Length  uint64
+	Accept  byte
 }
+
+// Accept bits of a narReq.
+const (
+	// acceptZstd and acceptXZ: send a held .nar.zst / .nar.xz as it is
+	// (whole-file requests only: a compressed file cannot start mid-NAR).
+	acceptZstd byte = 1 << 0
+	acceptXZ   byte = 1 << 1
+	// acceptCompress: a server holding the path uncompressed may send it
+	// encChunked, compressing the chunks where that pays.
+	acceptCompress byte = 1 << 2
+	// acceptForce, with acceptCompress: compress every chunk that shrinks,
+	// whatever the server measures (a requester on a link it knows is slow).
+	acceptForce byte = 1 << 3
+	acceptAll        = acceptZstd | acceptXZ | acceptCompress | acceptForce
+)
+
+// Encodings of the bytes that follow a NarResp.
+const (
+	encNone byte = 0 // the NAR bytes themselves
+	encZstd byte = 1 // one or more zstd frames decoding to the NAR bytes
+	encXZ   byte = 2 // an xz stream decoding to the NAR bytes
+	// encChunked: chunks, each raw or zstd-compressed, decoding to the
+	// NAR bytes (see chunkWriter).
+	encChunked byte = 3
+)
 
 const toEnd = ^uint64(0)
 
 func (m *narReq) marshal() []byte {
-	b := make([]byte, 0, 100)
+	b := make([]byte, 0, 20+32+8+8+8+1)
 	b = append(b, m.Hash[:]...)
 	b = append(b, m.NarHash[:]...)
-	b = binary.BigEndian.AppendUint64(b, m.FileSize)
+	b = binary.BigEndian.AppendUint64(b, m.NarSize)
 	b = binary.BigEndian.AppendUint64(b, m.Offset)
 	b = binary.BigEndian.AppendUint64(b, m.Length)
-	return appendStr(b, m.Compression)
+	return append(b, m.Accept)
 }
 
 func parseNarReq(p []byte) (*narReq, error) {
@@ -471,26 +502,52 @@ func parseNarReq(p []byte) (*narReq, error) {
 	m := &narReq{}
 	copy(m.Hash[:], d.take(20))
 	copy(m.NarHash[:], d.take(32))
-	m.FileSize = d.u64()
+	m.NarSize = d.u64()
 	m.Offset = d.u64()
 	m.Length = d.u64()
-	m.Compression = d.str(maxCompLen, "compression")
+	m.Accept = d.u8()
+	if d.err == nil && m.Accept&^acceptAll != 0 {
+		d.fail("accept bits %#x", m.Accept)
+	}
+	if d.err == nil && m.Offset > m.NarSize {
+		d.fail("offset %d beyond the %d-byte NAR", m.Offset, m.NarSize)
+	}
 	return m, d.end()
+}
+
+// want is the number of NAR bytes m asks for.
+func (m *narReq) want() uint64 {
+	n := m.NarSize - m.Offset
+	if m.Length != toEnd && m.Length < n {
+		n = m.Length
+	}
+	return n
 }
 
 // narResp answers a narReq.
 //
-//	status u8 | length u64
+//	status u8 | encoding u8 | length u64
 //
-// With status OK exactly length raw bytes follow, then FIN. A server that
+// With status OK, length bytes in the encoding follow, then FIN; length
+// toEnd means the server does not know it in advance (on-the-fly
+// compression) and FIN ends the bytes. Decoded, they are exactly the NAR
+// bytes asked for; with encNone length is their number. A server that
 // fails after the header resets the stream instead of finishing it.
-func parseNarResp(p []byte) (byte, uint64, error) {
-	d := decoder{b: p}
-	st := d.u8()
-	n := d.u64()
-	return st, n, d.end()
+type narResp struct {
+	Status   byte
+	Encoding byte
+	Length   uint64
 }
 
-func narResp(status byte, n uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte{status}, n)
+func (m *narResp) marshal() []byte {
+	return binary.BigEndian.AppendUint64([]byte{m.Status, m.Encoding}, m.Length)
+}
+
+func parseNarResp(p []byte) (*narResp, error) {
+	d := decoder{b: p}
+	m := &narResp{Status: d.u8(), Encoding: d.u8(), Length: d.u64()}
+	if d.err == nil && m.Encoding > encChunked {
+		d.fail("encoding %d", m.Encoding)
+	}
+	return m, d.end()
 }

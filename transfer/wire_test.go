@@ -70,13 +70,26 @@ func TestMessagesRoundTrip(t *testing.T) {
 		t.Fatalf("delta with wrong seq span: %v", err)
 	}
 
-	r := &narReq{Hash: cache.Hash{9}, NarHash: cache.NarHash{8}, FileSize: 100, Offset: 10, Length: toEnd, Compression: "zstd"}
+	r := &narReq{Hash: cache.Hash{9}, NarHash: cache.NarHash{8}, NarSize: 100, Offset: 10, Length: toEnd, Accept: acceptZstd | acceptCompress}
 	r2, err := parseNarReq(r.marshal())
 	if err != nil || *r2 != *r {
 		t.Fatalf("narReq round trip: %+v, %v", r2, err)
 	}
 	if _, err := parseNarReq(append(r.marshal(), 0)); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("trailing byte accepted: %v", err)
+	}
+	if _, err := parseNarReq((&narReq{NarSize: 10, Offset: 11}).marshal()); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("offset beyond the NAR accepted: %v", err)
+	}
+	if _, err := parseNarReq((&narReq{Accept: 0x80}).marshal()); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("unknown accept bit accepted: %v", err)
+	}
+	resp := &narResp{Status: statusOK, Encoding: encChunked, Length: toEnd}
+	if r2, err := parseNarResp(resp.marshal()); err != nil || *r2 != *resp {
+		t.Fatalf("narResp round trip: %+v, %v", r2, err)
+	}
+	if _, err := parseNarResp((&narResp{Encoding: 9}).marshal()); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("unknown encoding accepted: %v", err)
 	}
 	if _, err := parseHello((&hello{Name: "a\x00b"}).marshal()); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("control character in name accepted: %v", err)
@@ -143,8 +156,8 @@ func FuzzFrame(f *testing.F) {
 	f.Add(append([]byte{1, typeHello, 0, 0, 0, 13}, (&hello{Version: 1, ID: "x", Name: "y"}).marshal()...))
 	f.Add(frame(1, typePing, 16, make([]byte, 16)))
 	f.Add(frame(1, typeDelta, 26+21, append(make([]byte, 8), (&delta{From: 0, To: 1, Changes: []cache.Delta{{}}}).marshal()[8:]...)))
-	f.Add(frame(1, typeNarReq, 0, (&narReq{Compression: "xz"}).marshal()))
-	f.Add(frame(1, typeNarResp, 9, narResp(statusOK, 10)))
+	f.Add(frame(1, typeNarReq, 0, (&narReq{NarSize: 5, Accept: acceptXZ}).marshal()))
+	f.Add(frame(1, typeNarResp, 10, (&narResp{Status: statusOK, Encoding: encZstd, Length: 10}).marshal()))
 	f.Add(frame(1, typeSnapshot, 1<<30, nil))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, in []byte) {

@@ -37,6 +37,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
 	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery (use --peer where multicast is blocked)")
+	fs.StringVar(&cfg.PeerCompression, "peer-compression", "auto", "what to ask peers to send: auto (held .nar.zst/.nar.xz as they are; NARs held uncompressed compressed on the fly where the holder measures that it pays), always (compress every chunk that shrinks: slow links), never (plain NAR bytes)")
 	fs.Var(&ifaces, "interface", "network interface `NAME` for mDNS, repeatable (default: every up, multicast-capable, non-loopback one)")
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "`DIR` for the node identity key and other state")
 	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")

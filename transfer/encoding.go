@@ -1,0 +1,284 @@
+package transfer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Chunked encoding (encChunked): how a server sends NAR bytes that it holds
+// uncompressed, compressing each chunk or not as it goes.
+//
+//	chunk = kind u8 | rawLen u32 | encLen u32 | encLen bytes
+//
+// kind is chunkRaw (the bytes are the NAR bytes, encLen = rawLen) or
+// chunkZstd (one zstd frame decoding to exactly rawLen bytes). 0 < rawLen ≤
+// maxChunk; FIN after a whole chunk ends the stream. Each chunk decodes on
+// its own, so a receiver needs no more than maxChunk of memory for it and a
+// compression bomb is refused at its header.
+//
+// Whether a chunk is compressed is decided chunk by chunk from what the
+// server measures: compressing pays when the link is slower than the CPU
+// (writes to the stream block: the bytes saved shorten the wait), and costs
+// when the CPU is the bottleneck (the stream takes bytes as fast as they come:
+// compressing only adds work). Chunks of data that does not compress go raw.
+const (
+	chunkRaw       byte = 0
+	chunkZstd      byte = 1
+	chunkHeaderLen      = 9
+	maxChunk            = 1 << 20
+	sendChunk           = 256 << 10 // the chunk size a server cuts
+)
+
+// codecs holds the zstd encoder and decoder a Node shares between its
+// transfers. EncodeAll and DecodeAll may be called concurrently.
+type codecs struct {
+	enc *zstd.Encoder
+	dec *zstd.Decoder
+}
+
+func newCodecs() (*codecs, error) {
+	procs := runtime.GOMAXPROCS(0)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(procs), zstd.WithWindowSize(maxChunk),
+		zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(procs),
+		zstd.WithDecoderMaxMemory(maxChunk), zstd.WithDecoderMaxWindow(maxChunk))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return &codecs{enc: enc, dec: dec}, nil
+}
+
+func (c *codecs) close() {
+	c.enc.Close()
+	c.dec.Close()
+}
+
+// compressPolicy decides per chunk whether to compress, from moving averages
+// of the time a raw byte takes to go out (wire: CPU of the transport plus
+// waiting for the link), the time compressing takes per input byte, and the
+// ratio reached.
+type compressPolicy struct {
+	wire     float64 // ns per byte written to the stream
+	comp     float64 // ns per input byte compressed
+	ratio    float64 // input bytes per output byte
+	chunks   int
+	skipTill int // no compression tried before this chunk (incompressible data)
+}
+
+const (
+	probeEvery = 16 // compress at least every 16th chunk to keep measuring
+	ewma       = 0.3
+)
+
+func avg(old, v float64) float64 {
+	if old == 0 {
+		return v
+	}
+	return old + ewma*(v-old)
+}
+
+// compress reports whether the next chunk should be compressed.
+func (p *compressPolicy) compress() bool {
+	i := p.chunks
+	p.chunks++
+	switch {
+	case i < p.skipTill:
+		return false
+	case p.comp == 0:
+		return true // measure first
+	case i%probeEvery == 0:
+		return true
+	case p.wire == 0:
+		return false // measure the link next
+	}
+	// Compressed, a byte costs comp + wire/ratio; raw, wire.
+	return p.comp+p.wire/p.ratio < p.wire*0.95
+}
+
+func (p *compressPolicy) sawCompress(in, out int, d time.Duration) {
+	p.comp = avg(p.comp, float64(d.Nanoseconds())/float64(in))
+	r := float64(in) / float64(max(out, 1))
+	p.ratio = avg(p.ratio, r)
+	if r < 1.1 {
+		// Does not compress (random data, already compressed files):
+		// do not try again for a while.
+		p.skipTill = p.chunks + 4*probeEvery
+	}
+}
+
+func (p *compressPolicy) sawWrite(n int, d time.Duration) {
+	if n >= 16<<10 {
+		p.wire = avg(p.wire, float64(d.Nanoseconds())/float64(n))
+	}
+}
+
+// chunkWriter cuts what is written to it into chunks on w (encChunked).
+// Close writes the last chunk.
+type chunkWriter struct {
+	w      io.Writer
+	codecs *codecs
+	force  bool // compress every chunk that shrinks
+	policy compressPolicy
+	buf    []byte // pending raw bytes
+	out    []byte // scratch: header + compressed chunk
+	wire   int64  // bytes written to w
+}
+
+func newChunkWriter(w io.Writer, c *codecs, force bool) *chunkWriter {
+	return &chunkWriter{w: w, codecs: c, force: force,
+		buf: make([]byte, 0, sendChunk), out: make([]byte, 0, chunkHeaderLen+sendChunk+sendChunk/64+64)}
+}
+
+func (c *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), sendChunk-len(c.buf))
+		c.buf = append(c.buf, p[:k]...)
+		p = p[k:]
+		if len(c.buf) == sendChunk {
+			if err := c.flush(); err != nil {
+				return n - len(p) - k, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (c *chunkWriter) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	raw := c.buf
+	hdr := c.out[:chunkHeaderLen]
+	hdr[0] = chunkRaw
+	body := raw
+	if c.force || c.policy.compress() {
+		t := time.Now()
+		z := c.codecs.enc.EncodeAll(raw, c.out[chunkHeaderLen:chunkHeaderLen])
+		c.policy.sawCompress(len(raw), len(z), time.Since(t))
+		if len(z) < len(raw) {
+			hdr = c.out[:chunkHeaderLen] // EncodeAll may not have grown out: z is in place
+			if cap(z) > cap(c.out)-chunkHeaderLen {
+				// It grew beyond the scratch buffer: a fresh slice.
+				c.out = append(make([]byte, chunkHeaderLen, chunkHeaderLen+len(z)), z...)
+				hdr, z = c.out[:chunkHeaderLen], c.out[chunkHeaderLen:]
+			}
+			hdr[0] = chunkZstd
+			body = z
+		}
+	}
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(raw)))
+	binary.BigEndian.PutUint32(hdr[5:], uint32(len(body)))
+	t := time.Now()
+	if _, err := c.w.Write(hdr); err != nil {
+		return err
+	}
+	if _, err := c.w.Write(body); err != nil {
+		return err
+	}
+	c.policy.sawWrite(len(body), time.Since(t))
+	c.wire += int64(chunkHeaderLen + len(body))
+	c.buf = c.buf[:0]
+	return nil
+}
+
+// Close writes what is pending as the last chunk.
+func (c *chunkWriter) Close() error { return c.flush() }
+
+// chunkReader decodes encChunked bytes from r.
+type chunkReader struct {
+	r      io.Reader
+	dec    *zstd.Decoder
+	in     []byte // the current chunk as received
+	out    []byte // decoded bytes of the current chunk
+	off    int    // next byte of out to return
+	wire   int64  // bytes read from r
+	hdr    [chunkHeaderLen]byte
+	reused []byte
+}
+
+func newChunkReader(r io.Reader, dec *zstd.Decoder) *chunkReader {
+	return &chunkReader{r: r, dec: dec}
+}
+
+// errChunk wraps malformed chunked encoding: the peer broke the protocol.
+var errChunk = errors.New("bad chunk")
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	for c.off == len(c.out) {
+		if err := c.next(); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, c.out[c.off:])
+	c.off += n
+	return n, nil
+}
+
+// next reads and decodes the next chunk. At a clean end of the stream
+// (between chunks) it returns io.EOF.
+func (c *chunkReader) next() error {
+	k, err := io.ReadFull(c.r, c.hdr[:])
+	c.wire += int64(k)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return io.EOF
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: truncated chunk header", errChunk)
+		}
+		return err
+	}
+	kind := c.hdr[0]
+	rawLen := binary.BigEndian.Uint32(c.hdr[1:])
+	encLen := binary.BigEndian.Uint32(c.hdr[5:])
+	switch {
+	case rawLen == 0 || rawLen > maxChunk:
+		return fmt.Errorf("%w: chunk of %d bytes", errChunk, rawLen)
+	case kind == chunkRaw && encLen != rawLen:
+		return fmt.Errorf("%w: raw chunk of %d bytes says %d", errChunk, rawLen, encLen)
+	case kind == chunkZstd && encLen > rawLen+rawLen/8+1024:
+		return fmt.Errorf("%w: compressed chunk of %d bytes for %d", errChunk, encLen, rawLen)
+	case kind != chunkRaw && kind != chunkZstd:
+		return fmt.Errorf("%w: chunk kind %d", errChunk, kind)
+	}
+	if cap(c.in) < int(encLen) {
+		c.in = make([]byte, encLen, max(int(encLen), sendChunk))
+	}
+	c.in = c.in[:encLen]
+	k, err = io.ReadFull(c.r, c.in)
+	c.wire += int64(k)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	c.off = 0
+	if kind == chunkRaw {
+		c.out = c.in
+		return nil
+	}
+	if cap(c.reused) < int(rawLen) {
+		c.reused = make([]byte, 0, max(int(rawLen), sendChunk))
+	}
+	out, err := c.dec.DecodeAll(c.in, c.reused[:0])
+	if err != nil {
+		return fmt.Errorf("%w: zstd: %w", errChunk, err)
+	}
+	if len(out) != int(rawLen) {
+		return fmt.Errorf("%w: chunk decodes to %d bytes, says %d", errChunk, len(out), rawLen)
+	}
+	c.out = out
+	return nil
+}

@@ -388,7 +388,7 @@ func (n *Node) Status() Status {
 		s.Transfers = append(s.Transfers, TransferStatus{
 			Hash: t.Hash, Name: t.Name, Source: "peer", Peer: firstNonEmpty(t.PeerName, t.Peer),
 			BytesDone: t.BytesDone, BytesTotal: t.BytesTotal, RateBps: t.Rate,
-			Started: t.Started, Result: result, ElapsedSecs: end.Sub(t.Started).Seconds(),
+			Started: t.Started, Result: result, ElapsedSecs: end.Sub(t.Started).Seconds(), Failovers: t.Failovers,
 		})
 	}
 	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())

@@ -59,6 +59,7 @@ type TransferStatus struct {
 	Started     time.Time `json:"started"`
 	Result      string    `json:"result,omitempty"` // "" while active; ok, failed, hash-mismatch
 	ElapsedSecs float64   `json:"elapsed_seconds"`
+	Failovers   int       `json:"failovers,omitempty"` // resumes on another peer
 }
 
 // Totals are counters since start.

@@ -296,6 +296,7 @@ type infoCache struct {
 
 type infoEntry struct {
 	info *cache.NarInfo
+	from string // id of the peer it came from
 	at   time.Time
 }
 
@@ -308,17 +309,17 @@ func newInfoCache(max int, ttl time.Duration) *infoCache {
 	return &infoCache{max: max, ttl: ttl, byKey: make(map[cache.Hash]infoEntry)}
 }
 
-func (c *infoCache) get(h cache.Hash) *cache.NarInfo {
+func (c *infoCache) get(h cache.Hash) (*cache.NarInfo, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.byKey[h]
 	if !ok || time.Since(e.at) > c.ttl {
-		return nil
+		return nil, ""
 	}
-	return e.info
+	return e.info, e.from
 }
 
-func (c *infoCache) put(h cache.Hash, info *cache.NarInfo) {
+func (c *infoCache) put(h cache.Hash, info *cache.NarInfo, from string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.byKey[h]; !ok {
@@ -328,5 +329,5 @@ func (c *infoCache) put(h cache.Hash, info *cache.NarInfo) {
 		}
 		c.order = append(c.order, h)
 	}
-	c.byKey[h] = infoEntry{info: info, at: time.Now()}
+	c.byKey[h] = infoEntry{info: info, from: from, at: time.Now()}
 }

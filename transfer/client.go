@@ -189,11 +189,17 @@ func (s *session) fetchNAR(ctx context.Context, m *narReq, sink io.Writer) (int6
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	buf := *bp
+	next := func() ([]byte, error) {
+		k, err := src.Read(*bp)
+		return (*bp)[:k], err
+	}
+	if cr, ok := src.(*chunkReader); ok {
+		next = cr.chunk // decoded chunks go to the sink without a copy
+	}
 	var got uint64
 	for {
-		k, rerr := src.Read(buf)
-		if k > 0 {
+		buf, rerr := next()
+		if k := len(buf); k > 0 {
 			if got+uint64(k) > limit {
 				st.CancelRead(streamCanceled)
 				return int64(got), fmt.Errorf("NAR %s from %s: %w: more than the %d bytes asked for", m.Hash, s, errBadData, limit)

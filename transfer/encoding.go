@@ -142,6 +142,14 @@ func newChunkWriter(w io.Writer, c *codecs, force bool) *chunkWriter {
 func (c *chunkWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
+		if len(c.buf) == 0 && len(p) >= sendChunk {
+			// A whole chunk in p: no copy.
+			if err := c.emit(p[:sendChunk]); err != nil {
+				return n - len(p), err
+			}
+			p = p[sendChunk:]
+			continue
+		}
 		k := min(len(p), sendChunk-len(c.buf))
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
@@ -158,7 +166,13 @@ func (c *chunkWriter) flush() error {
 	if len(c.buf) == 0 {
 		return nil
 	}
-	raw := c.buf
+	err := c.emit(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+// emit writes raw as one chunk.
+func (c *chunkWriter) emit(raw []byte) error {
 	hdr := c.out[:chunkHeaderLen]
 	hdr[0] = chunkRaw
 	body := raw
@@ -188,7 +202,6 @@ func (c *chunkWriter) flush() error {
 	}
 	c.policy.sawWrite(len(body), time.Since(t))
 	c.wire += int64(chunkHeaderLen + len(body))
-	c.buf = c.buf[:0]
 	return nil
 }
 
@@ -223,6 +236,19 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	n := copy(p, c.out[c.off:])
 	c.off += n
 	return n, nil
+}
+
+// chunk returns the decoded bytes of the next chunk (valid until the next
+// call), without copying them.
+func (c *chunkReader) chunk() ([]byte, error) {
+	if c.off == len(c.out) {
+		if err := c.next(); err != nil {
+			return nil, err
+		}
+	}
+	p := c.out[c.off:]
+	c.off = len(c.out)
+	return p, nil
 }
 
 // next reads and decodes the next chunk. At a clean end of the stream

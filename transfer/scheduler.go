@@ -74,7 +74,10 @@ func (n *Node) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, error
 			return nil, cache.ErrNotFound
 		}
 	}
-	if info := n.infos.get(h); info != nil {
+	// The narinfo is remembered with the peer it came from, and used while
+	// that peer still offers the path: a holder that only claims to have it
+	// (and would fail the NAR request) is asked, and found out, as before.
+	if info, from := n.infos.get(h); info != nil && slices.ContainsFunc(ss, func(s *session) bool { return s.id == from }) {
 		return asServed(info), nil
 	}
 	var errs []error
@@ -85,7 +88,7 @@ func (n *Node) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, error
 		if err == nil {
 			err = n.checkNarInfo(h, info)
 			if err == nil {
-				n.infos.put(h, info)
+				n.infos.put(h, info, s.id)
 				return asServed(info), nil
 			}
 			n.log.Info("narinfo from peer rejected", "peer", s.id, "hash", h.String(), "err", err)

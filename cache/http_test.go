@@ -224,3 +224,22 @@ func FuzzRequestPath(f *testing.F) {
 		}
 	})
 }
+
+// The narinfo of an uncompressed path carries FileHash and FileSize (equal
+// to NarHash and NarSize), as every cache Nix writes does.
+func TestHandlerNarInfoFileFields(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "none", 10_000)
+	info.Compression = "" // as some sources leave it
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	resp, body, err := get(t, srv.URL+"/"+h.String()+".narinfo")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo: %v %v", err, resp)
+	}
+	for _, want := range []string{"Compression: none\n", "FileHash: " + info.NarHash.String() + "\n", fmt.Sprintf("FileSize: %d\n", info.NarSize)} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("narinfo lacks %q:\n%s", want, body)
+		}
+	}
+}

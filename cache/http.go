@@ -69,7 +69,9 @@ func (hd *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p := r.URL.Path
 	// Encoded characters (%2f, %2e, ...) never appear in the names we serve.
-	if r.URL.RawPath != "" || strings.ContainsAny(r.URL.EscapedPath(), "%\\") || len(p) > maxRequestPath || !strings.HasPrefix(p, "/") || strings.Contains(p, "..") || strings.Contains(p, "//") {
+	// Unencoded ones Go would have encoded may: a realisation's name has a
+	// "!" (Nix sends it as it is), and must get a 404, not a 400.
+	if strings.ContainsAny(r.URL.EscapedPath(), "%\\") || len(p) > maxRequestPath || !strings.HasPrefix(p, "/") || strings.Contains(p, "..") || strings.Contains(p, "//") {
 		hd.bad(w, "malformed request path")
 		return
 	}

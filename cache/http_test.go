@@ -243,3 +243,95 @@ func TestHandlerNarInfoFileFields(t *testing.T) {
 		}
 	}
 }
+
+// rawDo sends one request with the target byte for byte and returns the
+// response, body read and closed.
+func rawDo(t *testing.T, addr, method, target string, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var extra strings.Builder
+	for i := 0; i+1 < len(hdr); i += 2 {
+		fmt.Fprintf(&extra, "%s: %s\r\n", hdr[i], hdr[i+1])
+	}
+	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n", method, target, extra.String())
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
+}
+
+// The files Nix may ask a binary cache for that lancache never has (build
+// logs, listings, realisations of CA derivations) are 404, which Nix reads as
+// "none here"; a 400 would be a hard error for it.
+func TestHandlerOptionalNixFilesAre404(t *testing.T) {
+	srv, hd := serveTest(t, newMemSource())
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, target := range []string{
+		"/log/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-hello-2.12.1.drv",
+		"/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p.ls",
+		// Nix 2.8 sends the realisation id as it is: "sha256:<hex>!<output>".
+		"/realisations/sha256:1d0bc8bb1c2fd0e1dd2e6d6a2b9b0b8a8e9e0c3a3c7a5d7b3e5f6a7b8c9d0e1f!out.doi",
+		"/build-trace-v2/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-hello-2.12.1.drv/out.json",
+	} {
+		for _, method := range []string{"GET", "HEAD"} {
+			if resp, _ := rawDo(t, addr, method, target); resp.StatusCode != 404 {
+				t.Errorf("%s %s: %s, want 404", method, target, resp.Status)
+			}
+		}
+	}
+	if n := hd.Stats().BadRequests.Load(); n != 0 {
+		t.Errorf("%d requests counted as bad", n)
+	}
+}
+
+// Every NAR response says Accept-Ranges: bytes (HEAD and 206 too), so that
+// Nix resumes a broken download, and never carries a Content-Encoding, which
+// Nix 2.8 would try to decode (identity included).
+func TestHandlerNARHeaders(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "zstd", 20_000)
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	u, _ := narURL(h, info)
+	for _, tc := range []struct {
+		method, rng string
+		status      int
+		body        []byte
+	}{
+		{"GET", "", 200, file},
+		{"HEAD", "", 200, nil},
+		{"GET", "bytes=1000-", 206, file[1000:]},
+		{"HEAD", "bytes=1000-", 206, nil},
+		{"GET", "bytes=10-19", 206, file[10:20]},
+	} {
+		hdr := []string{"Accept-Encoding", "gzip, deflate, br, zstd, identity"}
+		if tc.rng != "" {
+			hdr = append(hdr, "Range", tc.rng)
+		}
+		resp, body := rawDo(t, addr, tc.method, "/"+u, hdr...)
+		what := tc.method + " " + tc.rng
+		if resp.StatusCode != tc.status || !bytes.Equal(body, tc.body) {
+			t.Errorf("%s: %s with %d bytes, want %d with %d", what, resp.Status, len(body), tc.status, len(tc.body))
+		}
+		if got := resp.Header.Get("Accept-Ranges"); got != "bytes" {
+			t.Errorf("%s: Accept-Ranges %q, want bytes", what, got)
+		}
+		if ce, ok := resp.Header["Content-Encoding"]; ok {
+			t.Errorf("%s: Content-Encoding %q; Nix 2.8 fails on any", what, ce)
+		}
+		if tc.status == 206 {
+			start, _, _ := strings.Cut(strings.TrimPrefix(tc.rng, "bytes="), "-")
+			if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, "bytes "+start+"-") || !strings.HasSuffix(cr, fmt.Sprintf("/%d", len(file))) {
+				t.Errorf("%s: Content-Range %q", what, cr)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -267,6 +268,16 @@ func rawDo(t *testing.T, addr, method, target string, hdr ...string) (*http.Resp
 	return resp, body
 }
 
+// want404 fails the test unless GET and HEAD of target are 404.
+func want404(t *testing.T, addr, target string) {
+	t.Helper()
+	for _, method := range []string{"GET", "HEAD"} {
+		if resp, _ := rawDo(t, addr, method, target); resp.StatusCode != 404 {
+			t.Errorf("%s %s: %s, want 404", method, target, resp.Status)
+		}
+	}
+}
+
 // The files Nix may ask a binary cache for that lancache never has (build
 // logs, listings, realisations of CA derivations) are 404, which Nix reads as
 // "none here"; a 400 would be a hard error for it.
@@ -280,11 +291,7 @@ func TestHandlerOptionalNixFilesAre404(t *testing.T) {
 		"/realisations/sha256:1d0bc8bb1c2fd0e1dd2e6d6a2b9b0b8a8e9e0c3a3c7a5d7b3e5f6a7b8c9d0e1f!out.doi",
 		"/build-trace-v2/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-hello-2.12.1.drv/out.json",
 	} {
-		for _, method := range []string{"GET", "HEAD"} {
-			if resp, _ := rawDo(t, addr, method, target); resp.StatusCode != 404 {
-				t.Errorf("%s %s: %s, want 404", method, target, resp.Status)
-			}
-		}
+		want404(t, addr, target)
 	}
 	if n := hd.Stats().BadRequests.Load(); n != 0 {
 		t.Errorf("%d requests counted as bad", n)
@@ -332,6 +339,78 @@ func TestHandlerNARHeaders(t *testing.T) {
 			if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, "bytes "+start+"-") || !strings.HasSuffix(cr, fmt.Sprintf("/%d", len(file))) {
 				t.Errorf("%s: Content-Range %q", what, cr)
 			}
+		}
+	}
+}
+
+// fileSource is a memSource that also finds its files by FileHash.
+type fileSource struct{ *memSource }
+
+func (f fileSource) NarInfoByFile(_ context.Context, fh NarHash) (*NarInfo, error) {
+	for _, info := range f.infos {
+		if info.FileHash == fh.String() {
+			c := *info
+			return &c, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+// A NAR URL in Nix's own layout, nar/<filehash>.nar[.ext], as in upstream's
+// narinfos, is served when a source holds that file, and is a 404 otherwise:
+// a 400 would make Nix fail the substitution instead of falling back. Only
+// names no binary cache uses are a 400.
+func TestHandlerServesNixLayoutNARURLs(t *testing.T) {
+	src := fileSource{newMemSource()}
+	info, file := testFile(t, "zstd", 30_000)
+	sum := sha256.Sum256(file)
+	fh := NarHash(sum)
+	info.FileHash = fh.String()
+	src.add(info, file)
+	plain, plainFile := testFile(t, "none", 3_000)
+	plain.StorePath = "/nix/store/1rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-plain"
+	plain.FileHash = plain.NarHash.String()
+	src.add(plain, plainFile)
+	srv, hd := serveTest(t, newMemSource(), src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	held := "/nar/" + fh.Base32() + ".nar.zst"
+	if resp, body := rawDo(t, addr, "GET", held); resp.StatusCode != 200 || !bytes.Equal(body, file) || resp.Header.Get("Accept-Ranges") != "bytes" {
+		t.Errorf("GET %s: %s, %d bytes, Accept-Ranges %q; want 200 and the file", held, resp.Status, len(body), resp.Header.Get("Accept-Ranges"))
+	}
+	if resp, body := rawDo(t, addr, "HEAD", held); resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength != int64(len(file)) {
+		t.Errorf("HEAD %s: %s, Content-Length %d", held, resp.Status, resp.ContentLength)
+	}
+	if resp, body := rawDo(t, addr, "GET", held+"?hash=whatever", "Range", "bytes=100-"); resp.StatusCode != 206 || !bytes.Equal(body, file[100:]) {
+		t.Errorf("GET %s with Range: %s, %d bytes; want 206 and the rest", held, resp.Status, len(body))
+	}
+	plainURL := "/nar/" + plain.NarHash.Base32() + ".nar"
+	if resp, body := rawDo(t, addr, "GET", plainURL); resp.StatusCode != 200 || !bytes.Equal(body, plainFile) {
+		t.Errorf("GET %s: %s, %d bytes; want 200 and the NAR", plainURL, resp.Status, len(body))
+	}
+
+	other := NarHash(sha256.Sum256([]byte("not held")))
+	for _, target := range []string{
+		"/nar/" + other.Base32() + ".nar.xz",   // not held
+		"/nar/" + fh.Base32() + ".nar.xz",      // held in another compression
+		"/nar/" + fh.Base32() + ".nar",         // held compressed only
+		"/nar/" + fh.Base32() + ".nar.br",      // a compression lancache does not keep
+		"/nar/" + fh.Base32()[:51] + "e.nar",   // 'e' is not nixbase32
+		"/nar/" + fh.Base32() + "0.nar.zst",    // too long for a sha256
+		"/nar/whatever-another-cache-uses.nar", // someone's own layout
+		"/nar/",
+	} {
+		want404(t, addr, target)
+	}
+	if n := hd.Stats().BadRequests.Load(); n != 0 {
+		t.Errorf("%d well-formed NAR requests counted as bad", n)
+	}
+	for _, target := range []string{
+		"/nar/" + fh.Base32() + ".nar;rm", "/nar/a!b.nar", "/nar/" + strings.Repeat("a", 300) + ".nar",
+		"/nar/%2e%2e%2fetc", "/nar/..",
+	} {
+		if resp, _ := rawDo(t, addr, "GET", target); resp.StatusCode != 400 {
+			t.Errorf("GET %s: %s, want 400", clip(target), resp.Status)
 		}
 	}
 }

@@ -414,3 +414,25 @@ func TestHandlerServesNixLayoutNARURLs(t *testing.T) {
 		}
 	}
 }
+
+// harmonia's NAR URLs, nar/<narhash>.nar?hash=<hash>, name a path and its
+// NarHash as the handler's own do: served by any source holding it.
+func TestHandlerServesHarmoniaNARURLs(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "none", 5_000)
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	u := "/nar/" + info.NarHash.Base32() + ".nar?hash=" + h.String()
+	if resp, body := rawDo(t, addr, "GET", u, "Range", "bytes=10-"); resp.StatusCode != 206 || !bytes.Equal(body, file[10:]) {
+		t.Errorf("GET %s: %s, %d bytes; want 206 and the rest of the NAR", u, resp.Status, len(body))
+	}
+	other := NarHash(sha256.Sum256([]byte("other")))
+	for _, target := range []string{
+		"/nar/" + other.Base32() + ".nar?hash=" + h.String(),            // another NAR of the path
+		"/nar/" + info.NarHash.Base32() + ".nar?hash=" + h.String()[1:], // not a hash
+		"/nar/" + info.NarHash.Base32() + ".nar.xz?hash=" + h.String(),  // not harmonia's
+	} {
+		want404(t, addr, target)
+	}
+}

@@ -48,8 +48,8 @@ func parseFileNarName(name string) (fileHash NarHash, ext string, ok bool) {
 }
 
 // serveOtherNAR answers a NAR URL the handler did not issue. A file in Nix's
-// layout that a source holds (see FileFinder) is served as the handler serves
-// its own URLs; any other well-formed name is a 404, which Nix reads as "the
+// layout that a source holds (see FileFinder), or a NAR in harmonia's, is
+// served as the handler serves its own URLs; any other well-formed name is a 404, which Nix reads as "the
 // substitute is gone" and falls back. Only a name no binary cache would use
 // (odd characters, overlong) is a 400, which Nix takes as a hard error.
 func (hd *Handler) serveOtherNAR(w http.ResponseWriter, r *http.Request, name string) {
@@ -89,6 +89,12 @@ func (hd *Handler) serveOtherNAR(w http.ResponseWriter, r *http.Request, name st
 		// the signed NarHash promises.
 		own, _ := narURL(h, info)
 		hd.serveNAR(w, r, strings.TrimPrefix(own, "nar/"))
+		return
+	}
+	// harmonia's layout, nar/<narhash>.nar?hash=<hash>, names the same as
+	// the handler's own URLs do: the path and its NarHash.
+	if h, err := ParseHash(r.URL.Query().Get("hash")); err == nil && ext == "" {
+		hd.serveNAR(w, r, h.String()+"-"+fh.Base32()+".nar")
 		return
 	}
 	http.NotFound(w, r)

@@ -429,6 +429,27 @@ func TestNixHTTPChecklist(t *testing.T) {
 			}
 		}
 
+		// harmonia's URLs name the path and its uncompressed NAR: the store
+		// node serves them; the appliance, holding compressed files only,
+		// answers 404.
+		for _, n := range nodes {
+			for _, p := range n.paths {
+				nh, err := decodeHash(fx.Info[p].NarHash)
+				if err != nil {
+					t.Fatal(err)
+				}
+				u := "/nar/" + nixbase32.EncodeToString(nh) + ".nar?hash=" + hashPart(p)
+				r := curl(t, n.d.URL+u)
+				sum := sha256.Sum256(r.Body)
+				if n.name == "store" && (r.Code != 200 || !bytes.Equal(sum[:], nh)) {
+					t.Errorf("%s: GET %s (harmonia's URL of %s): %d, %d bytes; want 200 and the NAR", n.name, u, p, r.Code, len(r.Body))
+				}
+				if n.name == "appliance" && r.Code != 404 {
+					t.Errorf("%s: GET %s (harmonia's URL of %s, held compressed): %d, want 404", n.name, u, p, r.Code)
+				}
+			}
+		}
+
 		// The appliance replaces upstream at its address. The client's kept
 		// narinfos send it to upstream's URLs: the files the appliance holds
 		// substitute mid and leaf; top's NAR is a 404, so Nix builds it

@@ -27,8 +27,8 @@ type HandlerConfig struct {
 }
 
 // Handler is the Nix-facing HTTP binary-cache API: /nix-cache-info,
-// /<hash>.narinfo and /nar/<hash>-<narhash>.nar[.ext], and Nix's own
-// /nar/<filehash>.nar[.ext] for files a source can find by FileHash. It asks
+// /<hash>.narinfo and /nar/<hash>-<narhash>.nar[.ext], and the NAR URLs of
+// other caches' layouts it can map to those (see serveOtherNAR). It asks
 // its sources in order; a path none of them has is a 404 at once, and so is
 // anything else a Nix client may ask for (log/, realisations/, ...).
 type Handler struct {

@@ -470,6 +470,14 @@ func TestNixHTTPChecklist(t *testing.T) {
 		if got := strings.TrimSpace(string(out)); got != fx.Top {
 			t.Fatalf("nix-build printed %q, want %s", got, fx.Top)
 		}
+		// Nix asked no narinfo (it had them all) and got NARs: through
+		// upstream's URLs only.
+		if st, err := replaced.status(); err != nil {
+			t.Errorf("status: %v", err)
+		} else if st.Totals.NarInfoHits+st.Totals.NarInfoMisses != 0 || st.Totals.BytesServedToNix == 0 {
+			t.Errorf("the replacing appliance answered %d narinfos and served %d NAR bytes; want no narinfo (Nix kept upstream's) and some bytes",
+				st.Totals.NarInfoHits+st.Totals.NarInfoMisses, st.Totals.BytesServedToNix)
+		}
 		// mid and leaf came from the appliance (signed), top was built.
 		checkCopied(t, fx, dst, []string{mid, leaf}, true)
 		checkCopied(t, fx, dst, []string{fx.Top}, false)

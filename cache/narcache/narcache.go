@@ -110,7 +110,7 @@ type entry struct {
 	evicted bool           // removed from the index; delete nar when refs drops to 0
 	touched time.Time      // recency last written to disk
 	file    cache.NarHash  // sha256 of the file, once committed
-	hasFile bool           // file is known (always, but for a foreign narinfo without FileHash)
+	hasFile bool           // file is known: always, but for a compressed entry whose narinfo on disk had no FileHash
 }
 
 // Open opens or creates the cache in cfg.Dir, rebuilds the index from disk
@@ -231,6 +231,9 @@ func (c *Cache) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, erro
 	c.persistTouch(persist)
 	return &info, nil
 }
+
+// The handler finds files in Nix's URL layout through it.
+var _ cache.FileFinder = (*Cache)(nil)
 
 // NarInfoByFile returns the narinfo of the committed entry whose file has the
 // sha256 fileHash, as NarInfo does, so that a NAR URL in Nix's layout

@@ -866,7 +866,6 @@ func BenchmarkWriteNARHit(b *testing.B) {
 func TestNarInfoByFile(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	var _ cache.FileFinder = (*Cache)(nil)
 	a, b := newItem(t, "a", "zstd", 100_000), newItem(t, "b", "none", 100_000)
 	c := openCache(t, dir, 1<<30, nil)
 	put(t, c, a)

@@ -47,10 +47,16 @@ func TestNixHTTPChecklist(t *testing.T) {
 	// Upstream: one compression per layer; a later copy skips the paths an
 	// earlier one wrote.
 	bc := &binaryCache{Dir: filepath.Join(t.TempDir(), "upstream")}
-	for _, l := range []struct{ compression, path string }{
+	layers := []struct{ compression, path string }{
 		{"xz", leaf}, {"zstd", fx.EdgeCases}, {"bzip2", mid}, {"none", fx.Top},
-	} {
+	}
+	for _, l := range layers {
 		mustRun(t, fx.Env, "nix", "copy", "--no-check-sigs", "--from", fx.Root, "--to", "file://"+bc.Dir+"?compression="+l.compression, l.path)
+	}
+	for _, l := range layers {
+		if c := one(bc.narinfo(t, l.path), "Compression"); c != l.compression {
+			t.Fatalf("upstream has %s as %s, want %s", l.path, c, l.compression)
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

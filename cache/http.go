@@ -27,8 +27,10 @@ type HandlerConfig struct {
 }
 
 // Handler is the Nix-facing HTTP binary-cache API: /nix-cache-info,
-// /<hash>.narinfo and /nar/<hash>-<narhash>.nar[.ext]. It asks its sources in
-// order; a path none of them has is a 404 at once.
+// /<hash>.narinfo and /nar/<hash>-<narhash>.nar[.ext], and the NAR URLs of
+// other caches' layouts it can map to those (see serveOtherNAR). It asks
+// its sources in order; a path none of them has is a 404 at once, and so is
+// anything else a Nix client may ask for (log/, realisations/, ...).
 type Handler struct {
 	cfg     HandlerConfig
 	sources []Source
@@ -69,7 +71,9 @@ func (hd *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p := r.URL.Path
 	// Encoded characters (%2f, %2e, ...) never appear in the names we serve.
-	if r.URL.RawPath != "" || strings.ContainsAny(r.URL.EscapedPath(), "%\\") || len(p) > maxRequestPath || !strings.HasPrefix(p, "/") || strings.Contains(p, "..") || strings.Contains(p, "//") {
+	// Unencoded ones Go would have encoded may: a realisation's name has a
+	// "!" (Nix sends it as it is), and must get a 404, not a 400.
+	if strings.ContainsAny(r.URL.EscapedPath(), "%\\") || len(p) > maxRequestPath || !strings.HasPrefix(p, "/") || strings.Contains(p, "..") || strings.Contains(p, "//") {
 		hd.bad(w, "malformed request path")
 		return
 	}
@@ -80,7 +84,11 @@ func (hd *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
 		hd.serveNarInfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
 	case strings.HasPrefix(p, "/nar/") && strings.Count(p, "/") == 2:
-		hd.serveNAR(w, r, strings.TrimPrefix(p, "/nar/"))
+		if name := strings.TrimPrefix(p, "/nar/"); isOwnNarName(name) {
+			hd.serveNAR(w, r, name)
+		} else {
+			hd.serveOtherNAR(w, r, name)
+		}
 	default:
 		http.NotFound(w, r)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -223,4 +224,215 @@ func FuzzRequestPath(f *testing.F) {
 			t.Fatalf("%q served 200", target)
 		}
 	})
+}
+
+// The narinfo of an uncompressed path carries FileHash and FileSize (equal
+// to NarHash and NarSize), as every cache Nix writes does.
+func TestHandlerNarInfoFileFields(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "none", 10_000)
+	info.Compression = "" // as some sources leave it
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	resp, body, err := get(t, srv.URL+"/"+h.String()+".narinfo")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("narinfo: %v %v", err, resp)
+	}
+	for _, want := range []string{"Compression: none\n", "FileHash: " + info.NarHash.String() + "\n", fmt.Sprintf("FileSize: %d\n", info.NarSize)} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("narinfo lacks %q:\n%s", want, body)
+		}
+	}
+}
+
+// rawDo sends one request with the target byte for byte and returns the
+// response, body read and closed.
+func rawDo(t *testing.T, addr, method, target string, hdr ...string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var extra strings.Builder
+	for i := 0; i+1 < len(hdr); i += 2 {
+		fmt.Fprintf(&extra, "%s: %s\r\n", hdr[i], hdr[i+1])
+	}
+	fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n", method, target, extra.String())
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, body
+}
+
+// want404 fails the test unless GET and HEAD of target are 404.
+func want404(t *testing.T, addr, target string) {
+	t.Helper()
+	for _, method := range []string{"GET", "HEAD"} {
+		if resp, _ := rawDo(t, addr, method, target); resp.StatusCode != 404 {
+			t.Errorf("%s %s: %s, want 404", method, target, resp.Status)
+		}
+	}
+}
+
+// The files Nix may ask a binary cache for that lancache never has (build
+// logs, listings, realisations of CA derivations) are 404, which Nix reads as
+// "none here"; a 400 would be a hard error for it.
+func TestHandlerOptionalNixFilesAre404(t *testing.T) {
+	srv, hd := serveTest(t, newMemSource())
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, target := range []string{
+		"/log/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-hello-2.12.1.drv",
+		"/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p.ls",
+		// Nix 2.8 sends the realisation id as it is: "sha256:<hex>!<output>".
+		"/realisations/sha256:1d0bc8bb1c2fd0e1dd2e6d6a2b9b0b8a8e9e0c3a3c7a5d7b3e5f6a7b8c9d0e1f!out.doi",
+		"/build-trace-v2/0rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-hello-2.12.1.drv/out.json",
+	} {
+		want404(t, addr, target)
+	}
+	if n := hd.Stats().BadRequests.Load(); n != 0 {
+		t.Errorf("%d requests counted as bad", n)
+	}
+}
+
+// Every NAR response says Accept-Ranges: bytes (HEAD and 206 too), so that
+// Nix resumes a broken download, and never carries a Content-Encoding, which
+// Nix 2.8 would try to decode (identity included).
+func TestHandlerNARHeaders(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "zstd", 20_000)
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	u, _ := narURL(h, info)
+	for _, tc := range []struct {
+		method, rng string
+		status      int
+		body        []byte
+	}{
+		{"GET", "", 200, file},
+		{"HEAD", "", 200, nil},
+		{"GET", "bytes=1000-", 206, file[1000:]},
+		{"HEAD", "bytes=1000-", 206, nil},
+		{"GET", "bytes=10-19", 206, file[10:20]},
+	} {
+		hdr := []string{"Accept-Encoding", "gzip, deflate, br, zstd, identity"}
+		if tc.rng != "" {
+			hdr = append(hdr, "Range", tc.rng)
+		}
+		resp, body := rawDo(t, addr, tc.method, "/"+u, hdr...)
+		what := tc.method + " " + tc.rng
+		if resp.StatusCode != tc.status || !bytes.Equal(body, tc.body) {
+			t.Errorf("%s: %s with %d bytes, want %d with %d", what, resp.Status, len(body), tc.status, len(tc.body))
+		}
+		if got := resp.Header.Get("Accept-Ranges"); got != "bytes" {
+			t.Errorf("%s: Accept-Ranges %q, want bytes", what, got)
+		}
+		if ce, ok := resp.Header["Content-Encoding"]; ok {
+			t.Errorf("%s: Content-Encoding %q; Nix 2.8 fails on any", what, ce)
+		}
+		if tc.status == 206 {
+			start, _, _ := strings.Cut(strings.TrimPrefix(tc.rng, "bytes="), "-")
+			if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, "bytes "+start+"-") || !strings.HasSuffix(cr, fmt.Sprintf("/%d", len(file))) {
+				t.Errorf("%s: Content-Range %q", what, cr)
+			}
+		}
+	}
+}
+
+// fileSource is a memSource that also finds its files by FileHash.
+type fileSource struct{ *memSource }
+
+func (f fileSource) NarInfoByFile(_ context.Context, fh NarHash) (*NarInfo, error) {
+	for _, info := range f.infos {
+		if info.FileHash == fh.String() {
+			c := *info
+			return &c, nil
+		}
+	}
+	return nil, ErrNotFound
+}
+
+// A NAR URL in Nix's own layout, nar/<filehash>.nar[.ext], as in upstream's
+// narinfos, is served when a source holds that file, and is a 404 otherwise:
+// a 400 would make Nix fail the substitution instead of falling back. Only
+// names no binary cache uses are a 400.
+func TestHandlerServesNixLayoutNARURLs(t *testing.T) {
+	src := fileSource{newMemSource()}
+	info, file := testFile(t, "zstd", 30_000)
+	sum := sha256.Sum256(file)
+	fh := NarHash(sum)
+	info.FileHash = fh.String()
+	src.add(info, file)
+	plain, plainFile := testFile(t, "none", 3_000)
+	plain.StorePath = "/nix/store/1rr10g8fq2fbb6yd4mh3gr4fqy6vrq8p-plain"
+	plain.FileHash = plain.NarHash.String()
+	src.add(plain, plainFile)
+	srv, hd := serveTest(t, newMemSource(), src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	held := "/nar/" + fh.Base32() + ".nar.zst"
+	if resp, body := rawDo(t, addr, "GET", held); resp.StatusCode != 200 || !bytes.Equal(body, file) || resp.Header.Get("Accept-Ranges") != "bytes" {
+		t.Errorf("GET %s: %s, %d bytes, Accept-Ranges %q; want 200 and the file", held, resp.Status, len(body), resp.Header.Get("Accept-Ranges"))
+	}
+	if resp, body := rawDo(t, addr, "HEAD", held); resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength != int64(len(file)) {
+		t.Errorf("HEAD %s: %s, Content-Length %d", held, resp.Status, resp.ContentLength)
+	}
+	if resp, body := rawDo(t, addr, "GET", held+"?hash=whatever", "Range", "bytes=100-"); resp.StatusCode != 206 || !bytes.Equal(body, file[100:]) {
+		t.Errorf("GET %s with Range: %s, %d bytes; want 206 and the rest", held, resp.Status, len(body))
+	}
+	plainURL := "/nar/" + plain.NarHash.Base32() + ".nar"
+	if resp, body := rawDo(t, addr, "GET", plainURL); resp.StatusCode != 200 || !bytes.Equal(body, plainFile) {
+		t.Errorf("GET %s: %s, %d bytes; want 200 and the NAR", plainURL, resp.Status, len(body))
+	}
+
+	other := NarHash(sha256.Sum256([]byte("not held")))
+	for _, target := range []string{
+		"/nar/" + other.Base32() + ".nar.xz",   // not held
+		"/nar/" + fh.Base32() + ".nar.xz",      // held in another compression
+		"/nar/" + fh.Base32() + ".nar",         // held compressed only
+		"/nar/" + fh.Base32() + ".nar.br",      // a compression lancache does not keep
+		"/nar/" + fh.Base32()[:51] + "e.nar",   // 'e' is not nixbase32
+		"/nar/" + fh.Base32() + "0.nar.zst",    // too long for a sha256
+		"/nar/whatever-another-cache-uses.nar", // someone's own layout
+		"/nar/",
+	} {
+		want404(t, addr, target)
+	}
+	if n := hd.Stats().BadRequests.Load(); n != 0 {
+		t.Errorf("%d well-formed NAR requests counted as bad", n)
+	}
+	for _, target := range []string{
+		"/nar/" + fh.Base32() + ".nar;rm", "/nar/a!b.nar", "/nar/" + strings.Repeat("a", 300) + ".nar",
+		"/nar/%2e%2e%2fetc", "/nar/..",
+	} {
+		if resp, _ := rawDo(t, addr, "GET", target); resp.StatusCode != 400 {
+			t.Errorf("GET %s: %s, want 400", clip(target), resp.Status)
+		}
+	}
+}
+
+// harmonia's NAR URLs, nar/<narhash>.nar?hash=<hash>, name a path and its
+// NarHash as the handler's own do: served by any source holding it.
+func TestHandlerServesHarmoniaNARURLs(t *testing.T) {
+	src := newMemSource()
+	info, file := testFile(t, "none", 5_000)
+	h := src.add(info, file)
+	srv, _ := serveTest(t, src)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	u := "/nar/" + info.NarHash.Base32() + ".nar?hash=" + h.String()
+	if resp, body := rawDo(t, addr, "GET", u, "Range", "bytes=10-"); resp.StatusCode != 206 || !bytes.Equal(body, file[10:]) {
+		t.Errorf("GET %s: %s, %d bytes; want 206 and the rest of the NAR", u, resp.Status, len(body))
+	}
+	other := NarHash(sha256.Sum256([]byte("other")))
+	for _, target := range []string{
+		"/nar/" + other.Base32() + ".nar?hash=" + h.String(),            // another NAR of the path
+		"/nar/" + info.NarHash.Base32() + ".nar?hash=" + h.String()[1:], // not a hash
+		"/nar/" + info.NarHash.Base32() + ".nar.xz?hash=" + h.String(),  // not harmonia's
+	} {
+		want404(t, addr, target)
+	}
 }

@@ -129,7 +129,21 @@ func (n *NarInfo) SignedBy(keys []signature.PublicKey) bool {
 	return false
 }
 
-// MarshalText renders the narinfo in the format Nix reads.
+// FileFields returns the FileHash and FileSize that describe the file at URL.
+// For an uncompressed NAR the file is the NAR, so they are NarHash and
+// NarSize whatever the fields say (a narinfo rewritten to Compression none
+// may still carry the compressed file's); otherwise the fields as they are,
+// empty when unknown.
+func (n *NarInfo) FileFields() (fileHash string, fileSize uint64) {
+	if isUncompressed(n.Compression) {
+		return n.NarHash.String(), n.NarSize
+	}
+	return n.FileHash, n.FileSize
+}
+
+// MarshalText renders the narinfo in the format Nix reads. FileHash and
+// FileSize are always there for an uncompressed NAR (see FileFields), as in
+// every binary cache Nix writes: tools that read narinfos rely on them.
 func (n *NarInfo) MarshalText() ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "StorePath: %s\n", n.StorePath)
@@ -139,11 +153,12 @@ func (n *NarInfo) MarshalText() ([]byte, error) {
 		comp = "none"
 	}
 	fmt.Fprintf(&b, "Compression: %s\n", comp)
-	if n.FileHash != "" {
-		fmt.Fprintf(&b, "FileHash: %s\n", n.FileHash)
+	fileHash, fileSize := n.FileFields()
+	if fileHash != "" {
+		fmt.Fprintf(&b, "FileHash: %s\n", fileHash)
 	}
-	if n.FileSize != 0 {
-		fmt.Fprintf(&b, "FileSize: %d\n", n.FileSize)
+	if fileSize != 0 {
+		fmt.Fprintf(&b, "FileSize: %d\n", fileSize)
 	}
 	fmt.Fprintf(&b, "NarHash: %s\n", n.NarHash)
 	fmt.Fprintf(&b, "NarSize: %d\n", n.NarSize)

@@ -168,3 +168,36 @@ func TestParseHash(t *testing.T) {
 		}
 	}
 }
+
+// Every binary cache Nix writes has FileHash and FileSize, equal to NarHash
+// and NarSize for an uncompressed NAR; a narinfo rewritten to Compression
+// none must not keep the compressed file's.
+func TestMarshalTextFileFields(t *testing.T) {
+	n, err := ParseNarInfo(strings.NewReader(realNarInfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		compression, fileHash string
+		fileSize              uint64
+		wantHash              string
+		wantSize              uint64
+	}{
+		{"none", "", 0, n.NarHash.String(), n.NarSize},
+		{"", "", 0, n.NarHash.String(), n.NarSize},
+		{"none", n.FileHash, n.FileSize, n.NarHash.String(), n.NarSize}, // stale compressed fields
+		{"xz", n.FileHash, n.FileSize, n.FileHash, n.FileSize},
+	} {
+		c := *n
+		c.Compression, c.FileHash, c.FileSize = tc.compression, tc.fileHash, tc.fileSize
+		text, _ := c.MarshalText()
+		got, err := ParseNarInfo(bytes.NewReader(text))
+		if err != nil {
+			t.Fatalf("%q: %v\n%s", tc.compression, err, text)
+		}
+		if got.FileHash != tc.wantHash || got.FileSize != tc.wantSize {
+			t.Errorf("Compression %q, FileHash %q, FileSize %d: rendered FileHash %q, FileSize %d; want %q, %d\n%s",
+				tc.compression, tc.fileHash, tc.fileSize, got.FileHash, got.FileSize, tc.wantHash, tc.wantSize, text)
+		}
+	}
+}

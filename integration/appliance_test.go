@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -558,8 +559,9 @@ func (bc *binaryCache) fileSize(t *testing.T, p string) int64 {
 // test host, as an upstream cache would. It counts what it is asked for and
 // what it sends, and can serve a file slowly or serve other bytes instead.
 type upstreamServer struct {
-	dir string
-	URL string // http://<host ip>:<port>
+	dir  string
+	URL  string // http://<host ip>:<port>
+	stop func() // closes the listener and every connection; idempotent
 
 	mu        sync.Mutex
 	narinfos  map[string]int    // narinfo requests by store path hash
@@ -577,21 +579,19 @@ func serveUpstream(t *testing.T, h *host, dir string) *upstreamServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveUpstreamOn(t, ln, dir)
+}
+
+// serveUpstreamOn starts an upstreamServer for dir on ln; it is closed when
+// the test ends, or by stop.
+func serveUpstreamOn(t *testing.T, ln net.Listener, dir string) *upstreamServer {
+	t.Helper()
 	u := &upstreamServer{
 		dir: dir, URL: "http://" + ln.Addr().String(),
 		narinfos: map[string]int{}, narReqs: map[string]int{}, narBytes: map[string]int64{},
 		rates: map[string]int64{}, overrides: map[string][]byte{},
 	}
-	srv := &http.Server{Handler: u, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	u.stop = serveHTTP(t, ln, u)
 	return u
 }
 

@@ -663,16 +663,7 @@ func serveFaultyUpstream(t *testing.T, h *host, dir string) *faultyUpstream {
 		t.Fatal(err)
 	}
 	u := &faultyUpstream{dir: dir, URL: "http://" + ln.Addr().String(), faults: map[string]string{}, count: map[string]int{}}
-	srv := &http.Server{Handler: u, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	serveHTTP(t, ln, u)
 	return u
 }
 

@@ -822,6 +822,23 @@ func clip(b []byte) string {
 	return string(b)
 }
 
+// serveHTTP serves handler on ln until the test ends or stop is called
+// (idempotent); stop returns once the server's goroutine has.
+func serveHTTP(t testing.TB, ln net.Listener, handler http.Handler) (stop func()) {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	stop = func() {
+		srv.Close()
+		<-done
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
 // syncBuffer is a bytes.Buffer safe for the concurrent writes of a
 // process's stdout and stderr.
 type syncBuffer struct {

@@ -100,13 +100,13 @@ func (c *Cache) load(ctx context.Context) error {
 	// Oldest first, each pushed to the front: the most recent ends in front.
 	sort.Slice(found, func(i, j int) bool { return found[i].mtime.Before(found[j].mtime) })
 	hs := make([]cache.Hash, 0, len(found))
+	c.mu.Lock()
 	for _, l := range found {
-		l.e.elem = c.lru.PushFront(l.e)
 		l.e.touched = l.mtime
-		c.entries[l.e.hash] = l.e
-		c.used += l.e.cost
+		c.indexLocked(l.e)
 		hs = append(hs, l.e.hash)
 	}
+	c.mu.Unlock()
 	if c.inv != nil && len(hs) > 0 {
 		c.inv.Add(hs...)
 	}
@@ -171,14 +171,16 @@ func (c *Cache) loadEntry(h cache.Hash, path string, narFiles map[string]int64) 
 	if info.FileSize == 0 {
 		info.FileSize = uint64(want)
 	}
-	return &entry{
+	e := &entry{
 		hash:    h,
 		info:    info,
 		nar:     filepath.Join(c.narDir, narName),
 		narinfo: path,
 		size:    size,
 		cost:    cost(size, fi.Size()),
-	}, narName, fi.ModTime(), nil
+	}
+	e.file, e.hasFile = fileHashOf(info)
+	return e, narName, fi.ModTime(), nil
 }
 
 // writeCacheInfo creates nix-cache-info if it is missing, and refuses a

@@ -87,11 +87,12 @@ type Cache struct {
 
 	mu       sync.Mutex
 	closed   bool
-	entries  map[cache.Hash]*entry // committed
-	pending  map[cache.Hash]*entry // being written
-	lru      list.List             // committed entries, most recently used first
-	used     int64                 // accounted bytes of committed entries
-	reserved int64                 // bytes reserved by pending writes
+	entries  map[cache.Hash]*entry    // committed
+	byFile   map[cache.NarHash]*entry // committed, by the sha256 of their file
+	pending  map[cache.Hash]*entry    // being written
+	lru      list.List                // committed entries, most recently used first
+	used     int64                    // accounted bytes of committed entries
+	reserved int64                    // bytes reserved by pending writes
 }
 
 // entry is one path of the cache, committed or pending. Fields are guarded by
@@ -108,6 +109,8 @@ type entry struct {
 	refs    int            // readers holding the NAR file open
 	evicted bool           // removed from the index; delete nar when refs drops to 0
 	touched time.Time      // recency last written to disk
+	file    cache.NarHash  // sha256 of the file, once committed
+	hasFile bool           // file is known: always, but for a compressed entry whose narinfo on disk had no FileHash
 }
 
 // Open opens or creates the cache in cfg.Dir, rebuilds the index from disk
@@ -140,6 +143,7 @@ func Open(ctx context.Context, cfg Config) (*Cache, error) {
 		inv:     cfg.Inventory,
 		now:     time.Now,
 		entries: make(map[cache.Hash]*entry),
+		byFile:  make(map[cache.NarHash]*entry),
 		pending: make(map[cache.Hash]*entry),
 	}
 	if err := os.MkdirAll(c.narDir, 0o755); err != nil {
@@ -226,6 +230,45 @@ func (c *Cache) NarInfo(ctx context.Context, h cache.Hash) (*cache.NarInfo, erro
 	c.mu.Unlock()
 	c.persistTouch(persist)
 	return &info, nil
+}
+
+// The handler finds files in Nix's URL layout through it.
+var _ cache.FileFinder = (*Cache)(nil)
+
+// NarInfoByFile returns the narinfo of the committed entry whose file has the
+// sha256 fileHash, as NarInfo does, so that a NAR URL in Nix's layout
+// (nar/<filehash>.nar[.ext], as in upstream's narinfos) can be answered; it
+// implements cache.FileFinder. It does not count as a use: serving the file
+// does.
+func (c *Cache) NarInfoByFile(ctx context.Context, fileHash cache.NarHash) (*cache.NarInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.byFile[fileHash]
+	if e == nil {
+		return nil, fmt.Errorf("NAR file %s: %w", fileHash, cache.ErrNotFound)
+	}
+	info := *e.info
+	return &info, nil
+}
+
+// indexLocked enters a committed entry into the index (entries, byFile, the
+// LRU list and the usage) as the most recently used.
+func (c *Cache) indexLocked(e *entry) {
+	e.elem = c.lru.PushFront(e)
+	c.entries[e.hash] = e
+	c.used += e.cost
+	if e.hasFile {
+		// Two paths with the same contents share a file hash, and their
+		// files are the same bytes: either serves.
+		c.byFile[e.file] = e
+	}
+}
+
+// fileHashOf is the sha256 of the file info describes, if info says.
+func fileHashOf(info *cache.NarInfo) (cache.NarHash, bool) {
+	fh, _ := info.FileFields()
+	h, err := cache.ParseNarHash(fh)
+	return h, err == nil
 }
 
 // WriteNAR writes bytes [offset, offset+length) of the file of info's path
@@ -418,6 +461,9 @@ func (c *Cache) removeLocked(e *entry) []string {
 	c.lru.Remove(e.elem)
 	e.elem = nil
 	delete(c.entries, e.hash)
+	if e.hasFile && c.byFile[e.file] == e {
+		delete(c.byFile, e.file)
+	}
 	c.used -= e.cost
 	e.evicted = true
 	if err := os.Remove(e.narinfo); err != nil && !errors.Is(err, os.ErrNotExist) {

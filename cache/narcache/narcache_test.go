@@ -859,3 +859,61 @@ func BenchmarkWriteNARHit(b *testing.B) {
 		}
 	}
 }
+
+// NarInfoByFile finds a committed entry by the sha256 of its file (what a
+// NAR URL in Nix's layout names), after a reopen too, and no longer once the
+// entry is evicted; a pending entry is not found.
+func TestNarInfoByFile(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	a, b := newItem(t, "a", "zstd", 100_000), newItem(t, "b", "none", 100_000)
+	c := openCache(t, dir, 1<<30, nil)
+	put(t, c, a)
+	put(t, c, b)
+	p := newItem(t, "pending", "xz", 10_000)
+	w, err := c.Begin(p.info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(p.file)
+	find := func(c *Cache, it item) (*cache.NarInfo, error) {
+		return c.NarInfoByFile(ctx, sha256.Sum256(it.file))
+	}
+	check := func(c *Cache) {
+		t.Helper()
+		for _, it := range []item{a, b} {
+			info, err := find(c, it)
+			if err != nil {
+				t.Fatalf("%s: %v", it.info.StorePath, err)
+			}
+			if info.StorePath != it.info.StorePath || info.NarHash != it.info.NarHash {
+				t.Fatalf("found %s for the file of %s", info.StorePath, it.info.StorePath)
+			}
+		}
+		if _, err := c.NarInfoByFile(ctx, a.info.NarHash); !errors.Is(err, cache.ErrNotFound) {
+			t.Fatalf("a compressed entry found by its NarHash: %v", err)
+		}
+	}
+	check(c)
+	if _, err := find(c, p); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("pending entry found by its file: %v", err)
+	}
+	w.Abort(nil)
+	c.Close()
+
+	c = openCache(t, dir, 1<<30, nil)
+	check(c)
+	// Room for b only: a, the least recently used, goes.
+	c.Close()
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(dir, a.hash().String()+narinfoSuffix), old, old); err != nil {
+		t.Fatal(err)
+	}
+	c = openCache(t, dir, int64(len(b.file))+8192, nil)
+	if _, err := find(c, a); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("evicted entry found by its file: %v", err)
+	}
+	if _, err := find(c, b); err != nil {
+		t.Fatalf("kept entry: %v", err)
+	}
+}

@@ -186,7 +186,9 @@ func (w *Writer) Commit() error {
 	}
 
 	info := w.info
-	fileHash := nixbase32.EncodeToString(w.fh.Sum(nil))
+	var sum cache.NarHash
+	w.fh.Sum(sum[:0])
+	fileHash := nixbase32.EncodeToString(sum[:])
 	name := e.hash.String() + "-" + fileHash + ".nar" + w.ext
 	info.URL = narDirName + "/" + name
 	info.FileHash = "sha256:" + fileHash
@@ -230,9 +232,8 @@ func (w *Writer) Commit() error {
 	e.size = w.n
 	e.cost = cost(w.n, int64(len(text)))
 	e.touched = c.now()
-	e.elem = c.lru.PushFront(e)
-	c.entries[e.hash] = e
-	c.used += e.cost
+	e.file, e.hasFile = sum, true
+	c.indexLocked(e)
 	if c.inv != nil {
 		c.inv.Add(e.hash)
 	}

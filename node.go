@@ -53,6 +53,10 @@ type Config struct {
 	// PeerCompression is what to ask peers to send: auto (default),
 	// always or never; see transfer.Config.Compression.
 	PeerCompression string
+	// VerifyFirstMax: NARs from peers up to this size are verified whole
+	// before their first byte goes to Nix (0: the default, 32 MiB;
+	// negative: none).
+	VerifyFirstMax int64
 }
 
 // Node is one lancache daemon.
@@ -175,6 +179,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	tn, err := transfer.New(transfer.Config{
 		Keeper:         keeper,
 		Compression:    cfg.PeerCompression,
+		VerifyFirstMax: cfg.VerifyFirstMax,
 		ListenAddr:     cfg.QUICAddr,
 		StateDir:       cfg.StateDir,
 		Name:           cfg.Name,

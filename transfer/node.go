@@ -69,7 +69,7 @@ type Config struct {
 	// MaxPeers bounds the number of connected peers (default 256).
 	MaxPeers int
 	// VerifyFirstMax: NARs up to this size are verified whole before their
-	// first byte is released (default 32 MiB; see WriteNAR).
+	// first byte is released (0: 32 MiB; negative: none; see WriteNAR).
 	VerifyFirstMax int64
 	// Keeper, if set, keeps the NARs this node fetched from peers (the NAR
 	// cache of a node with --cache-dir), so that it serves them in turn.
@@ -128,7 +128,7 @@ func (c *Config) setDefaults() {
 	if c.Compression == "" {
 		c.Compression = CompressAuto
 	}
-	if c.VerifyFirstMax <= 0 {
+	if c.VerifyFirstMax == 0 {
 		c.VerifyFirstMax = defaultVerifyFirstMax
 	}
 	if c.Logger == nil {

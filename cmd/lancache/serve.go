@@ -25,6 +25,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		ifaces    listFlag
 		logFormat string
 		logLevel  string
+		verifyMax string
 	)
 	fs.StringVar(&cfg.StoreRoot, "store-root", "/", "`DIR` holding nix/store and nix/var/nix/db; \"none\" for no local store (appliance)")
 	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "on-disk NAR cache `DIR`, laid out as a Nix binary cache (appliance mode)")
@@ -38,6 +39,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
 	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery (use --peer where multicast is blocked)")
 	fs.StringVar(&cfg.PeerCompression, "peer-compression", "auto", "what to ask peers to send: auto (held .nar.zst/.nar.xz as they are; NARs held uncompressed compressed on the fly where the holder measures that it pays), always (compress every chunk that shrinks: slow links), never (plain NAR bytes)")
+	fs.StringVar(&verifyMax, "verify-first-max", "32MiB", "NARs from peers up to this `SIZE` are verified whole before Nix gets a byte, so a bad peer is routed around inside one response; larger ones stream with the last 64 KiB held back until verified; 0: none")
 	fs.Var(&ifaces, "interface", "network interface `NAME` for mDNS, repeatable (default: every up, multicast-capable, non-loopback one)")
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "`DIR` for the node identity key and other state")
 	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")
@@ -53,6 +55,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("--cache-max-size %q: %w", maxSize, err)
 	}
 	cfg.CacheMaxSize = size
+	if verifyMax == "0" {
+		cfg.VerifyFirstMax = -1 // off: every NAR streams with the tail held back
+	} else if cfg.VerifyFirstMax, err = narcache.ParseSize(verifyMax); err != nil {
+		return fmt.Errorf("--verify-first-max %q: %w", verifyMax, err)
+	}
 	cfg.Upstreams, cfg.Peers, cfg.Interfaces = upstreams, peers, ifaces
 	log, err := newLogger(stderr, logFormat, logLevel)
 	if err != nil {

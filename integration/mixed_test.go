@@ -154,4 +154,32 @@ func TestMixedHolders(t *testing.T) {
 	if !resumed {
 		t.Errorf("no resume mid-NAR in the workstation's log:\n%s", wd.Logs())
 	}
+
+	// An appliance added to the office fills from the desktops: what it
+	// fetches from a peer lands in its NAR cache, which is a binary cache
+	// of its own, and the next copy is served from it.
+	hosts := map[string]*host{"appliance": appHost, "desktop": deskHost}
+	pi := l.addHost("pi")
+	piCache := filepath.Join(t.TempDir(), "pi-cache")
+	pd := pi.startDaemon(t, nsServe{Keys: keys, Args: append(peerArgs(hosts[survivor]), "--cache-dir", piCache)})
+	waitPeerConnected(t, pd, survivor)
+	if r := nixCopyIn(pi, nixEnv(t, keys...), pd, filepath.Join(t.TempDir(), "pi1"), fx.Top); r.Err != nil {
+		t.Fatalf("copy through the new appliance: %v", r.Err)
+	}
+	pollUntil(t, 30*time.Second, "the new appliance keeps the closure", func() bool {
+		st, err := pd.status()
+		return err == nil && st.Cache != nil && st.Cache.Entries == len(fx.Closure)
+	})
+	before := mustStatus(t, pd).Totals.BytesFromPeers
+	fromFile := filepath.Join(t.TempDir(), "pi-file")
+	mustRun(t, benv, "nix", "copy", "--from", "file://"+piCache, "--to", fromFile, fx.Top)
+	checkCopied(t, fx, fromFile, fx.Closure, true)
+	dst2 := filepath.Join(t.TempDir(), "pi2")
+	if r := nixCopyIn(pi, nixEnv(t, keys...), pd, dst2, fx.Top); r.Err != nil {
+		t.Fatalf("second copy through the new appliance: %v", r.Err)
+	}
+	checkCopied(t, fx, dst2, fx.Closure, true)
+	if after := mustStatus(t, pd).Totals.BytesFromPeers; after != before {
+		t.Errorf("second copy fetched %d bytes from peers; want all from the NAR cache", after-before)
+	}
 }

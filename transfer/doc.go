@@ -16,6 +16,26 @@
 // another peer mid-stream, and blocklist peers that send bad bytes. A miss
 // is answered from the in-memory index.
 //
+// Any holder serves any request, whatever form it keeps the path in (a
+// store holds it uncompressed, a NAR cache as upstream's .nar.zst or
+// .nar.xz). The Node hands Nix the NAR uncompressed (its narinfo says
+// Compression: none, FileHash/FileSize those of the NAR): it has to decode
+// the bytes anyway to check the NarHash, and Nix is spared a second
+// decompression. NAR requests name positions in the uncompressed NAR, so a
+// transfer resumes on a holder of another form at the same byte; each
+// response says how its bytes are encoded: a held compressed file as it is
+// (whole-NAR requests only), plain NAR bytes, or chunks that the holder
+// compresses with zstd on the fly when it measures that the link, not its
+// CPU, is the bottleneck (encoding.go). The narinfo a peer sent is
+// remembered for a while, with who sent it, so the NAR request that
+// follows needs no second round trip.
+//
+// Blame follows libtorrent's smart ban: the Node records which peer sent
+// which segment of a NAR, with a digest of it; a peer that sent all of a
+// bad NAR, or bytes that do not decode, is blocklisted at once; when
+// several contributed, the next copy that verifies tells whose bytes
+// differed, and only they are blocklisted.
+//
 // transfer does not discover peers (discovery/ does, and calls AddPeer),
 // read the Nix store or serve HTTP (cache/ does), or fetch from upstream
 // caches (transfer/upstream does).

@@ -116,7 +116,10 @@ func waitPeers(t testing.TB, d *daemon, n int) {
 		if err == nil {
 			connected := 0
 			for _, p := range st.Peers {
-				if p.State == "connected" {
+				// Connected is not enough: a copy started before the
+				// peer's inventory arrived would see 404s (Nix remembers
+				// them for an hour).
+				if p.State == "connected" && p.PathsAdvertised > 0 {
 					connected++
 				}
 			}
@@ -125,7 +128,7 @@ func waitPeers(t testing.TB, d *daemon, n int) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon %s: fewer than %d connected peers after 15s (%v)\n%s", d.Addr, n, err, d.Logs())
+			t.Fatalf("daemon %s: fewer than %d connected peers with inventories after 15s (%v)\n%s", d.Addr, n, err, d.Logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -14,7 +14,7 @@
 // to up to 4 paths of higher index, and the root to every path nobody else
 // refers to, so the root's closure is all n paths; the stream holds them
 // dependencies first, as --import needs. Each path is a directory of files
-// (data-NNN: seeded ChaCha8 bytes, at most 4 MiB each, at most 64 files;
+// (data-NNN: ChaCha8 bytes keyed by seed, path and file, at most 4 MiB each, at most 64 files;
 // with -data real, consecutive files of a sorted walk of -real-dirs, cut to
 // fit) plus a file "refs" listing the store paths it refers to.
 package main
@@ -214,10 +214,7 @@ func (r randomFiles) pathFiles(p storePath, size int64) ([]file, error) {
 		if k == n-1 {
 			fsize = size - fsize*int64(n-1)
 		}
-		var key [32]byte
-		binary.LittleEndian.PutUint64(key[0:], r.seed)
-		binary.LittleEndian.PutUint64(key[8:], uint64(p.index))
-		binary.LittleEndian.PutUint64(key[16:], uint64(k))
+		key := sha256.Sum256(fmt.Appendf(nil, "mkclosure data\x00%d\x00%s\x00%d", r.seed, p.path, k))
 		out = append(out, file{
 			name: fmt.Sprintf("data-%03d", k),
 			size: fsize,

@@ -71,12 +71,15 @@ func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 }
 
 // setUsage gives a flag set a usage text with a summary line and the
-// environment variable of each flag.
+// environment variable of each flag; flags named debug-* are left out.
 func setUsage(fs *flag.FlagSet, synopsis, about string) {
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "Usage: lancache %s\n\n%s\n\nFlags (each also from the environment variable shown):\n", synopsis, about)
 		fs.VisitAll(func(f *flag.Flag) {
+			if strings.HasPrefix(f.Name, debugPrefix) {
+				return
+			}
 			name, use := flag.UnquoteUsage(f)
 			fmt.Fprintf(w, "  --%s %s\n    \t%s", f.Name, name, strings.ReplaceAll(use, "\n", "\n    \t"))
 			if f.DefValue != "" && f.DefValue != "false" {

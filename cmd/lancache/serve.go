@@ -26,6 +26,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		logFormat string
 		logLevel  string
 		verifyMax string
+		pprofAddr string
 	)
 	fs.StringVar(&cfg.StoreRoot, "store-root", "/", "`DIR` holding nix/store and nix/var/nix/db; \"none\" for no local store (appliance)")
 	fs.StringVar(&cfg.CacheDir, "cache-dir", "", "on-disk NAR cache `DIR`, laid out as a Nix binary cache (appliance mode)")
@@ -45,6 +46,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.Name, "name", host, "`NAME` advertised to peers")
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&pprofAddr, debugPrefix+"pprof", "", "serve net/http/pprof on `ADDR` (debugging; not in the usage text)")
 	setUsage(fs, "serve [flags]",
 		"Run the lancache daemon: serve this machine's Nix store (and its LAN\nneighbours' and upstreams') to the local Nix as an HTTP binary cache.")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -66,6 +68,16 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = log
+	if pprofAddr != "" {
+		pctx, stopPprof := context.WithCancel(ctx)
+		_, wait, err := startPprof(pctx, pprofAddr, log)
+		if err != nil {
+			stopPprof()
+			return err
+		}
+		defer wait()
+		defer stopPprof()
+	}
 
 	node, err := lancache.New(ctx, cfg)
 	if err != nil {

@@ -177,15 +177,16 @@ wait_http() {
 	return 1
 }
 
-# start_nginx PORT DIR [PORT DIR]...: start nginx (config, logs and pid in
-# $WORK/nginx) serving each DIR as static files on 127.0.0.1:PORT; stop it
-# with SIGQUIT on exit; wait for the first PORT to answer.
-start_nginx() {
-	local first=$1 servers=
+# nginx_conf WORKERS ADDR DIR [ADDR DIR]...: write $WORK/nginx/nginx.conf
+# (logs and pid beside it) for WORKERS worker processes ("auto" for one a
+# core) serving each DIR as static files on ADDR (HOST:PORT), sendfile on.
+nginx_conf() {
+	local workers=$1 servers=
+	shift
 	while [ $# -ge 2 ]; do
 		servers="$servers
 	server {
-		listen 127.0.0.1:$1;
+		listen $1;
 		root $2;
 	}"
 		shift 2
@@ -193,7 +194,7 @@ start_nginx() {
 	mkdir -p "$WORK/nginx"
 	cat >"$WORK/nginx/nginx.conf" <<EOF
 user root root;
-worker_processes auto;
+worker_processes $workers;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 events { worker_connections 64; }
@@ -209,6 +210,18 @@ http {
 	scgi_temp_path $WORK/nginx/scgi;$servers
 }
 EOF
+}
+
+# start_nginx PORT DIR [PORT DIR]...: start nginx (nginx_conf) serving each
+# DIR as static files on 127.0.0.1:PORT; stop it with SIGQUIT on exit; wait
+# for the first PORT to answer.
+start_nginx() {
+	local first=$1 args=()
+	while [ $# -ge 2 ]; do
+		args+=("127.0.0.1:$1" "$2")
+		shift 2
+	done
+	nginx_conf auto "${args[@]}"
 	nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 	bench_proc $! QUIT
 	wait_http "$first" || die "nginx did not come up: $(cat "$WORK/nginx/error.log")"
@@ -225,6 +238,73 @@ start_lancache() {
 	wait_http "$port" || die "lancache did not come up: $(cat "$WORK/lancache.log")"
 }
 
+## Network namespaces
+
+# netns_bridge NS: make network namespace NS holding bridge br0 (up, no
+# address), deleted on exit with every veth in it.
+netns_bridge() {
+	ip netns add "$1"
+	bench_on_exit ip netns del "$1"
+	ip -n "$1" link set lo up
+	ip -n "$1" link add br0 type bridge
+	ip -n "$1" link set br0 up
+}
+
+# netns_host NS BRIDGE_NS ADDR/LEN: make network namespace NS (deleted on
+# exit) with lo and eth0 up, eth0 holding ADDR/LEN, one end of a veth whose
+# other end, named NS, is a port of br0 in BRIDGE_NS.
+netns_host() {
+	local ns=$1 br=$2 addr=$3
+	ip netns add "$ns"
+	bench_on_exit ip netns del "$ns"
+	ip link add "${ns}e" netns "$ns" type veth peer name "$ns" netns "$br"
+	ip -n "$ns" link set "${ns}e" name eth0
+	ip -n "$ns" link set lo up
+	ip -n "$ns" addr add "$addr" dev eth0
+	ip -n "$ns" link set eth0 up
+	ip -n "$br" link set "$ns" master br0
+	ip -n "$br" link set "$ns" up
+}
+
+# shape_links RATE NS:DEV...: shape the egress of each DEV in namespace NS
+# with a token bucket (tc tbf) of RATE (a tc rate such as 1gbit or
+# 2500mbit; burst 1 ms of RATE, at least 64 KiB; queue ${TBF_LATENCY:-10ms}),
+# or take the shaping off with RATE "none". Shaping both ends of a veth
+# shapes both directions.
+shape_links() {
+	local rate=$1 nsdev burst
+	shift
+	if [ "$rate" != none ]; then
+		burst=$(awk -v r="$rate" 'BEGIN {
+			n = r + 0; u = tolower(substr(r, length(n "") + 1))
+			m = u == "kbit" ? 1e3 : u == "mbit" ? 1e6 : u == "gbit" ? 1e9 : u == "bit" ? 1 : -1
+			if (n <= 0 || m < 0) exit 1
+			b = n * m / 8 / 1000; if (b < 65536) b = 65536
+			printf "%d", b }') || die "rate $rate: want a number and kbit, mbit or gbit (e.g. 2500mbit)"
+	fi
+	for nsdev in "$@"; do
+		if [ "$rate" = none ]; then
+			tc -n "${nsdev%%:*}" qdisc del dev "${nsdev#*:}" root 2>/dev/null || true
+		else
+			tc -n "${nsdev%%:*}" qdisc replace dev "${nsdev#*:}" root tbf rate "$rate" burst "$burst" latency "${TBF_LATENCY:-10ms}"
+		fi
+	done
+}
+
+# wait_inventory NS URL N LOG: wait up to 30 s until the daemon whose
+# endpoint in namespace NS is URL lists connected peers advertising N paths
+# or more in all; die with the tail of LOG if it does not.
+wait_inventory() {
+	local ns=$1 url=$2 want=$3 log=$4 paths=0
+	for _ in $(seq 1 300); do
+		paths=$(ip netns exec "$ns" curl -fsS "$url/_lancache/status" 2>/dev/null |
+			jq '[.peers[] | select(.state == "connected") | .paths_advertised] | add // 0' 2>/dev/null || echo 0)
+		[ "$paths" -ge "$want" ] && return 0
+		sleep 0.1
+	done
+	die "the daemon in $ns sees $paths paths at its peers after 30 s, want $want: $(tail -n 5 "$log")"
+}
+
 ## Timing
 
 now() { date +%s.%N; }
@@ -237,6 +317,9 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]
 
 # minimum: the least of the numbers on stdin, one a line.
 minimum() { sort -g | head -n1; }
+
+# ticks PID: the CPU time (user + system, in clock ticks) of a process.
+ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
 # ratio A B: A / B to three decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }

@@ -100,19 +100,11 @@ bench_proc $!
 PID_S=$!
 
 B_URL=http://127.0.0.1:37515
-for i in $(seq 1 300); do
-	paths=$(in_b curl -fsS "$B_URL/_lancache/status" 2>/dev/null |
-		jq '[.peers[] | select(.state == "connected") | .paths_advertised] | add // 0' 2>/dev/null || echo 0)
-	[ "$paths" -ge 1 ] && break
-	[ "$i" -eq 300 ] && die "B never saw A's inventory: $(tail -n 5 "$WORK/lancache-b.log")"
-	sleep 0.1
-done
+wait_inventory "$NS_B" "$B_URL" 1 "$WORK/lancache-b.log"
 HASH=$(basename "$P" | cut -c1-32)
 NAR_URL=$B_URL/$(in_b curl -fsS "$B_URL/$HASH.narinfo" | awk '/^URL: / { print $2 }')
 NAR_HASH=$(in_b curl -fsS "$B_URL/$HASH.narinfo" | awk '/^NarHash: / { print $2 }')
 
-# ticks PID: the CPU time (user + system, in clock ticks) of a process.
-ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 # client_cpu WHAT CMD...: run CMD, adding its CPU seconds to cpu-WHAT.
 client_cpu() {
 	local what=$1

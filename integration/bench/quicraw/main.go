@@ -6,17 +6,24 @@
 //
 //	quicraw -listen 10.231.250.1:4433
 //	quicraw -connect 10.231.250.1:4433 -size 1073741824 -runs 5
+//	quicraw -sha256 1073741824
 //
 // The client opens one connection and, per run, one stream on which it asks
 // for -size bytes; it prints the seconds each run took, one per line. The
 // server sends the bytes from a random buffer; both sides use 256 KiB
 // buffers, as the transfer package does.
+//
+// With -sha256 BYTES it hashes that many bytes of an in-memory buffer with
+// crypto/sha256 (what the daemons verify NARs with) and prints the CPU
+// seconds (user + system) per GB it took: the sha256 part of the receiving
+// daemon's CPU floor that integration/bench/peerpath.sh prints.
 package main
 
 import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -43,7 +50,15 @@ func main() {
 	connect := flag.String("connect", "", "fetch from the server at this UDP address")
 	size := flag.Int64("size", 1<<30, "bytes per run")
 	runs := flag.Int("runs", 1, "runs, one stream each, on one connection")
+	hashBytes := flag.Int64("sha256", 0, "hash this many bytes with sha256 and print CPU-s/GB; no network")
 	flag.Parse()
+	if *hashBytes > 0 {
+		if err := hashCost(*hashBytes); err != nil {
+			fmt.Fprintln(os.Stderr, "quicraw:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
@@ -211,4 +226,36 @@ func fetch(ctx context.Context, addr string, size int64, runs int) error {
 		fmt.Printf("%.6f\n", time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// hashCost hashes n bytes with sha256 and prints the CPU seconds per GB
+// (1e9 bytes) it took, from the process's own rusage.
+func hashCost(n int64) error {
+	buf := make([]byte, bufSize)
+	rand.Read(buf)
+	before, err := cpuSeconds()
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	for left := n; left > 0; left -= int64(len(buf)) {
+		h.Write(buf[:min(left, int64(len(buf)))])
+	}
+	h.Sum(nil)
+	after, err := cpuSeconds()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%.4f\n", (after-before)/(float64(n)/1e9))
+	return nil
+}
+
+// cpuSeconds is the user + system CPU time of this process so far.
+func cpuSeconds() (float64, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime), nil
 }

@@ -495,9 +495,11 @@ func (u *Upstream) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInf
 				case <-ctx.Done():
 					return fmt.Errorf("NAR %s upstream: %w", h, ctx.Err())
 				}
-				if d.err != nil {
+				if d.err != nil && !errors.Is(d.err, errLocalWrite) {
 					return fmt.Errorf("NAR %s upstream: %w", h, d.err)
 				}
+				// A local write error: the bytes are fine, the cache
+				// could not keep them; stream them directly below.
 			}
 		} else if !errors.Is(err, errDirect) {
 			return err
@@ -560,7 +562,10 @@ func (u *Upstream) download(d *download, k *known, wr *narcache.Writer) {
 	start := u.now()
 	n, err := u.fetchNAR(ctx, k, wr)
 	if err == nil {
-		err = wr.Commit()
+		if err = wr.Commit(); err != nil && !errors.Is(err, cache.ErrHashMismatch) {
+			// A failed fsync, rename or narinfo write: the bytes were good.
+			err = fmt.Errorf("%w: %w", errLocalWrite, err)
+		}
 	} else {
 		wr.Abort(err)
 	}

@@ -586,6 +586,40 @@ func TestTooLargeForStoreStreamsDirectly(t *testing.T) {
 	}
 }
 
+// A download whose Commit fails for a local reason (here the narinfo cannot
+// be written: a non-empty directory has its name, which even root cannot
+// rename over) is a local write error like a full disk: later requests
+// stream the path directly instead of downloading it into the cache again
+// and failing the same way.
+func TestCommitFailureStreamsDirectly(t *testing.T) {
+	f := newFixture(t, true, nil)
+	p := f.bc.add("commit-fails", "zstd", 200_000)
+	if err := os.MkdirAll(filepath.Join(f.store.Dir(), p.hash.String()+".narinfo", "obstacle"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The first request follows the download and may get its error.
+	fetch(t, f.up, p.info, 0, -1)
+	for i := range 2 {
+		got, err := fetch(t, f.up, p.info, 0, -1)
+		if err != nil || !bytes.Equal(got, p.file) {
+			t.Fatalf("request %d after the failed commit: %v", i+2, err)
+		}
+	}
+	if f.store.Has(p.hash) {
+		t.Fatal("committed")
+	}
+	if st := f.up.Stats(); st.NARDownloads > 3 {
+		// One into the cache, then direct streams only.
+		t.Fatalf("%d NAR downloads for 3 requests: the cache was tried again", st.NARDownloads)
+	}
+	f.up.mu.Lock()
+	_, direct := f.up.uncacheable[p.hash]
+	f.up.mu.Unlock()
+	if !direct {
+		t.Fatal("path not marked for direct streaming")
+	}
+}
+
 func TestUpstreamFailuresBecomeNotFound(t *testing.T) {
 	f := newFixture(t, true, func(c *Config) {
 		c.NarInfoTimeout = 200 * time.Millisecond

@@ -21,13 +21,25 @@ var ErrHashMismatch = errors.New("NAR does not match its NarHash")
 // verify.
 var ErrUnsupportedCompression = errors.New("unsupported compression")
 
-// FileSize is the number of bytes of the file described by info: FileSize
-// when it is compressed, NarSize when it is not.
+// FileSize is the number of bytes of the file described by info: NarSize
+// when it is not compressed, FileSize when it is, and -1 (unknown) for a
+// compressed file whose narinfo does not say: FileSize is optional.
 func FileSize(info *NarInfo) int64 {
 	if isUncompressed(info.Compression) {
 		return int64(info.NarSize)
 	}
+	if info.FileSize == 0 {
+		return -1
+	}
 	return int64(info.FileSize)
+}
+
+// maxFileSize bounds the compressed file of a NAR of narSize bytes when its
+// narinfo has no FileSize. xz, zstd and bzip2 grow incompressible data by
+// well under an eighth, plus headers.
+func maxFileSize(narSize uint64) int64 {
+	n := min(narSize, 1<<60)
+	return int64(n + n/8 + 1<<20)
 }
 
 func isUncompressed(c string) bool { return c == "" || c == "none" }
@@ -75,6 +87,7 @@ func NewDecompressor(c string, r io.Reader) (io.ReadCloser, error) {
 type Verifier struct {
 	info    *NarInfo
 	written int64
+	limit   int64 // file bytes accepted at most
 
 	// uncompressed: hash inline.
 	h       hash.Hash
@@ -87,7 +100,10 @@ type Verifier struct {
 
 // NewVerifier returns a Verifier for the file described by info.
 func NewVerifier(info *NarInfo) (*Verifier, error) {
-	v := &Verifier{info: info, h: sha256.New()}
+	v := &Verifier{info: info, h: sha256.New(), limit: FileSize(info)}
+	if v.limit < 0 {
+		v.limit = maxFileSize(info.NarSize)
+	}
 	if isUncompressed(info.Compression) {
 		return v, nil
 	}
@@ -129,8 +145,8 @@ func (v *Verifier) decompress(r io.Reader) error {
 
 // Write feeds file bytes through the check.
 func (v *Verifier) Write(p []byte) (int, error) {
-	if v.written+int64(len(p)) > FileSize(v.info) && !(v.pw != nil && v.info.FileSize == 0) {
-		return 0, fmt.Errorf("%w: more than %d bytes", ErrHashMismatch, FileSize(v.info))
+	if v.written+int64(len(p)) > v.limit {
+		return 0, fmt.Errorf("%w: more than %d bytes", ErrHashMismatch, v.limit)
 	}
 	v.written += int64(len(p))
 	if v.pw == nil {

@@ -620,6 +620,37 @@ func TestCommitFailureStreamsDirectly(t *testing.T) {
 	}
 }
 
+// FileSize is optional in a narinfo: a compressed NAR without it is pulled
+// through (into the cache, or directly) and verified all the same.
+func TestNarInfoWithoutFileSize(t *testing.T) {
+	for _, withStore := range []bool{true, false} {
+		t.Run(fmt.Sprintf("store=%v", withStore), func(t *testing.T) {
+			f := newFixture(t, withStore, nil)
+			p := f.bc.add("no-filesize", "xz", 200_000)
+			stripped := *p.info
+			stripped.FileSize = 0
+			text, _ := stripped.MarshalText()
+			f.bc.mu.Lock()
+			f.bc.files[p.narinfoURL()] = text
+			f.bc.mu.Unlock()
+			info, err := f.up.NarInfo(context.Background(), p.hash)
+			if err != nil || info.FileSize != 0 {
+				t.Fatalf("narinfo: %v, FileSize %d", err, info.FileSize)
+			}
+			got, err := fetch(t, f.up, info, 0, -1)
+			if err != nil || !bytes.Equal(got, p.file) {
+				t.Fatalf("WriteNAR: %v (%d bytes, want %d)", err, len(got), len(p.file))
+			}
+			if f.store != nil {
+				local, err := f.store.NarInfo(context.Background(), p.hash)
+				if err != nil || local.FileSize != uint64(len(p.file)) {
+					t.Fatalf("NAR cache's narinfo: %v, FileSize %d", err, local.FileSize)
+				}
+			}
+		})
+	}
+}
+
 func TestUpstreamFailuresBecomeNotFound(t *testing.T) {
 	f := newFixture(t, true, func(c *Config) {
 		c.NarInfoTimeout = 200 * time.Millisecond

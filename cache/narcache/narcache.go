@@ -80,6 +80,7 @@ type Cache struct {
 	max    int64
 	log    *slog.Logger
 	inv    *cache.Inventory
+	dec    *cache.Decompressors // for the verifiers of writes
 	unlock func() error
 
 	// Test hooks.
@@ -155,6 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Cache, error) {
 		max:     cfg.MaxSize,
 		log:     log.With("component", "narcache"),
 		inv:     cfg.Inventory,
+		dec:     new(cache.Decompressors),
 		now:     time.Now,
 		entries: make(map[cache.Hash]*entry),
 		pending: make(map[cache.Hash]*entry),

@@ -69,7 +69,7 @@ func (c *Cache) Begin(info *cache.NarInfo) (*Writer, error) {
 	if w.est <= 0 {
 		w.est = int64(info.NarSize)
 	}
-	if w.v, err = cache.NewVerifier(&w.info); err != nil {
+	if w.v, err = c.dec.NewVerifier(&w.info); err != nil {
 		return nil, fmt.Errorf("begin NAR cache write %s: %w", h, err)
 	}
 

@@ -2,8 +2,10 @@ package cache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os/exec"
 	"sync"
 	"sync/atomic"
@@ -28,6 +30,18 @@ func xzBytes(t testing.TB, data string) []byte {
 }
 
 func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// xzIndexStart is the offset of the index of a one-stream xz file: the
+// stream's blocks end there.
+func xzIndexStart(t testing.TB, f []byte) int {
+	t.Helper()
+	backward := (int(binary.LittleEndian.Uint32(f[len(f)-8:])) + 1) * 4
+	i := len(f) - 12 - backward
+	if i <= 12 || f[i] != 0 {
+		t.Fatalf("no index at %d", i)
+	}
+	return i
+}
 
 // noXZ is a lookPath that finds no xz(1).
 func noXZ(string) (string, error) { return "", exec.ErrNotFound }
@@ -55,6 +69,10 @@ func TestXZDecodersAgree(t *testing.T) {
 		{"trailing garbage", cat(one, []byte("garbage!")), ""},
 		{"bad padding", cat(one, make([]byte, 3)), ""},
 		{"truncated", one[:len(one)-1], ""},
+		{"truncated before the index", one[:xzIndexStart(t, one)], ""},
+		{"second stream truncated before its index", cat(one, two[:xzIndexStart(t, two)]), ""},
+		{"trailing stream header", cat(one, two[:12]), ""},
+		{"trailing stream header and footer", cat(one, two[:12], two[len(two)-12:]), ""},
 		{"lzma format", lz.Bytes(), ""},
 		{"empty", nil, ""},
 	}
@@ -136,4 +154,78 @@ func TestXZLookedUpOnce(t *testing.T) {
 	if n := lookups.Load(); n != 1 {
 		t.Fatalf("%d lookups of xz(1) for 3 large NARs, want 1", n)
 	}
+}
+
+// The pure-Go decoder's framing check takes every file xz(1) writes: check
+// types, several blocks (with their sizes in the headers, as multi-threaded
+// xz writes them), compressed and stored LZMA2 chunks; and refuses each of
+// them cut short, as xz(1) does.
+func TestXZFramingOfXZOutput(t *testing.T) {
+	if _, err := exec.LookPath("xz"); err != nil {
+		t.Skip("xz(1) is not installed: no files of its to read")
+	}
+	data := make([]byte, 600_000)
+	rng := rand.NewChaCha8([32]byte{7})
+	rng.Read(data[:200_000]) // incompressible: stored chunks
+	for i := 200_000; i < len(data); i++ {
+		data[i] = "lancache /nix/store "[i%20]
+	}
+	gop := &Decompressors{lookPath: noXZ}
+	for _, args := range [][]string{
+		{"--check=none"}, {"--check=crc32"}, {"--check=crc64"}, {"--check=sha256"},
+		{"--block-size=100KiB", "-T2"}, {"-0", "--block-size=64KiB"},
+	} {
+		cmd := exec.Command("xz", append([]string{"-c"}, args...)...)
+		cmd.Stdin = bytes.NewReader(data)
+		file, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("xz %v: %v", args, err)
+		}
+		for _, f := range [][]byte{file, cat(file, make([]byte, 4), file)} {
+			r, _ := gop.xzReader(bytes.NewReader(f), 0)
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, bytes.Repeat(data, len(f)/len(file))) {
+				t.Errorf("xz %v, %d bytes: %v", args, len(f), err)
+			}
+		}
+		for _, cut := range []int{12, 13, 100, len(file) / 2, len(file) - 13, len(file) - 12, len(file) - 1} {
+			r, err := gop.xzReader(bytes.NewReader(file[:cut]), 0)
+			if err == nil {
+				_, err = io.ReadAll(r)
+			}
+			if err == nil {
+				t.Errorf("xz %v cut at %d of %d: accepted", args, cut, len(file))
+			}
+		}
+	}
+}
+
+// FuzzXZDecodersAgree checks the pure-Go decoder with its framing check
+// against xz(1), an independent implementation: both accept the same files
+// and decode them to the same bytes.
+func FuzzXZDecodersAgree(f *testing.F) {
+	if _, err := exec.LookPath("xz"); err != nil {
+		f.Skip("xz(1) is not installed: nothing to compare with")
+	}
+	one, two := xzBytes(f, "first stream\n"), xzBytes(f, "second stream\n")
+	f.Add(one)
+	f.Add(cat(one, two))
+	f.Add(cat(one, make([]byte, 4)))
+	f.Add(cat(one, two[:12], two[len(two)-12:]))
+	sys, gop := &Decompressors{}, &Decompressors{lookPath: noXZ}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		decode := func(d *Decompressors) ([]byte, error) {
+			r, err := d.xzReader(bytes.NewReader(data), xzProcessMin)
+			if err != nil {
+				return nil, err
+			}
+			defer r.Close()
+			return io.ReadAll(io.LimitReader(r, 1<<20))
+		}
+		a, aerr := decode(sys)
+		b, berr := decode(gop)
+		if (aerr == nil) != (berr == nil) || !bytes.Equal(a, b) && aerr == nil {
+			t.Fatalf("xz(1): %d bytes, %v; Go: %d bytes, %v", len(a), aerr, len(b), berr)
+		}
+	})
 }

@@ -85,7 +85,7 @@ func FuzzVerifier(f *testing.F) {
 			}
 			return
 		}
-		d, err := NewDecompressor(c, bytes.NewReader(data))
+		d, err := new(Decompressors).Reader(c, bytes.NewReader(data), info.NarSize)
 		if err != nil {
 			t.Fatalf("accepted bytes that do not decompress: %v", err)
 		}

@@ -202,7 +202,9 @@ func (hd *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string)
 		hdr := w.Header()
 		hdr.Set("Content-Type", "application/x-nix-nar")
 		hdr.Set("Accept-Ranges", "bytes")
-		hdr.Set("Content-Length", strconv.FormatInt(length, 10))
+		if length >= 0 { // unknown (-1) when a compressed narinfo has no FileSize
+			hdr.Set("Content-Length", strconv.FormatInt(length, 10))
+		}
 		if status == http.StatusPartialContent {
 			hdr.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, start+length-1, size))
 		}
@@ -213,7 +215,7 @@ func (hd *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string)
 		lw := &lazyWriter{w: w, rc: http.NewResponseController(w), status: status, sent: &hd.stats.NarBytes}
 		began := time.Now()
 		err = src.WriteNAR(ctx, lw, info, start, length)
-		if err == nil && lw.n == length {
+		if err == nil && (lw.n == length || length < 0) {
 			if lw.n == 0 {
 				w.WriteHeader(status)
 			}
@@ -307,9 +309,10 @@ const sendfilePiece = 8 << 20
 type writerOnly struct{ io.Writer }
 
 // parseRange understands the single-range forms Nix and curl send
-// ("bytes=a-b", "bytes=a-", "bytes=-n"). No header: the whole file.
+// ("bytes=a-b", "bytes=a-", "bytes=-n"). No header, or a size that is not
+// known (-1): the whole file.
 func parseRange(hdr string, size int64) (start, length int64, status int, ok bool) {
-	if hdr == "" {
+	if hdr == "" || size < 0 {
 		return 0, size, http.StatusOK, true
 	}
 	spec, found := strings.CutPrefix(hdr, "bytes=")

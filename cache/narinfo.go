@@ -36,7 +36,7 @@ type NarInfo struct {
 	URL         string   // relative to the cache root, e.g. nar/<...>.nar
 	Compression string   // none, xz, zstd, bzip2, br
 	FileHash    string   // sha256:<nixbase32> of the file at URL (optional)
-	FileSize    uint64   // size of the file at URL (optional)
+	FileSize    uint64   // size of the file at URL (optional: 0 when absent; see FileSize)
 	NarHash     NarHash  // sha256 of the uncompressed NAR
 	NarSize     uint64   // size of the uncompressed NAR
 	References  []string // base names (<hash>-<name>), sorted

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -21,13 +22,25 @@ var ErrHashMismatch = errors.New("NAR does not match its NarHash")
 // verify.
 var ErrUnsupportedCompression = errors.New("unsupported compression")
 
-// FileSize is the number of bytes of the file described by info: FileSize
-// when it is compressed, NarSize when it is not.
+// FileSize is the number of bytes of the file described by info: NarSize
+// when it is not compressed, FileSize when it is, and -1 (unknown) for a
+// compressed file whose narinfo does not say: FileSize is optional.
 func FileSize(info *NarInfo) int64 {
 	if isUncompressed(info.Compression) {
 		return int64(info.NarSize)
 	}
+	if info.FileSize == 0 {
+		return -1
+	}
 	return int64(info.FileSize)
+}
+
+// maxFileSize bounds the compressed file of a NAR of narSize bytes when its
+// narinfo has no FileSize. xz, zstd and bzip2 grow incompressible data by
+// well under an eighth, plus headers.
+func maxFileSize(narSize uint64) int64 {
+	n := min(narSize, 1<<60)
+	return int64(n + n/8 + 1<<20)
 }
 
 func isUncompressed(c string) bool { return c == "" || c == "none" }
@@ -47,20 +60,30 @@ func CompressionExt(c string) (string, error) {
 	return "", fmt.Errorf("%w: %q", ErrUnsupportedCompression, clip(c))
 }
 
-// NewDecompressor returns a reader of the uncompressed NAR from r, compressed
-// as c says.
-func NewDecompressor(c string, r io.Reader) (io.ReadCloser, error) {
+// Decompressors makes the readers that decompress NAR files. It looks for
+// xz(1) on PATH once, at the first xz file large enough to use it. It is safe
+// for concurrent use; the zero value is ready to use.
+type Decompressors struct {
+	lookPath func(file string) (string, error) // test hook; nil means exec.LookPath
+
+	once   sync.Once
+	xzPath string // "" when xz(1) is not on PATH
+}
+
+// Reader returns a reader of the uncompressed NAR from r, compressed as c
+// says. narSize is the NAR's size from its narinfo; it picks the xz decoder.
+func (d *Decompressors) Reader(c string, r io.Reader, narSize uint64) (io.ReadCloser, error) {
 	switch c {
 	case "", "none":
 		return io.NopCloser(r), nil
 	case "zstd":
-		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
+		zd, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}
-		return d.IOReadCloser(), nil
+		return zd.IOReadCloser(), nil
 	case "xz":
-		return newXZReader(r)
+		return d.xzReader(r, narSize)
 	case "bzip2":
 		return io.NopCloser(bzip2.NewReader(r)), nil
 	}
@@ -73,8 +96,10 @@ func NewDecompressor(c string, r io.Reader) (io.ReadCloser, error) {
 // if the bytes are exactly the signed NAR. Writes after a mismatch is known
 // (too many bytes) fail at once.
 type Verifier struct {
+	dec     *Decompressors
 	info    *NarInfo
 	written int64
+	limit   int64 // file bytes accepted at most
 
 	// uncompressed: hash inline.
 	h       hash.Hash
@@ -85,9 +110,20 @@ type Verifier struct {
 	done chan error
 }
 
-// NewVerifier returns a Verifier for the file described by info.
+// NewVerifier returns a Verifier for the file described by info. It uses
+// Decompressors of its own; a long-lived caller keeps one Decompressors and
+// calls its NewVerifier instead, so that xz(1) is looked up once.
 func NewVerifier(info *NarInfo) (*Verifier, error) {
-	v := &Verifier{info: info, h: sha256.New()}
+	return new(Decompressors).NewVerifier(info)
+}
+
+// NewVerifier returns a Verifier for the file described by info that
+// decompresses with d.
+func (d *Decompressors) NewVerifier(info *NarInfo) (*Verifier, error) {
+	v := &Verifier{dec: d, info: info, h: sha256.New(), limit: FileSize(info)}
+	if v.limit < 0 {
+		v.limit = maxFileSize(info.NarSize)
+	}
 	if isUncompressed(info.Compression) {
 		return v, nil
 	}
@@ -107,7 +143,7 @@ func NewVerifier(info *NarInfo) (*Verifier, error) {
 
 func (v *Verifier) decompress(r io.Reader) error {
 	// Decoders read in small pieces; a pipe read per piece is slow.
-	d, err := NewDecompressor(v.info.Compression, bufio.NewReaderSize(r, 256<<10))
+	d, err := v.dec.Reader(v.info.Compression, bufio.NewReaderSize(r, 256<<10), v.info.NarSize)
 	if err != nil {
 		return err
 	}
@@ -129,8 +165,8 @@ func (v *Verifier) decompress(r io.Reader) error {
 
 // Write feeds file bytes through the check.
 func (v *Verifier) Write(p []byte) (int, error) {
-	if v.written+int64(len(p)) > FileSize(v.info) && !(v.pw != nil && v.info.FileSize == 0) {
-		return 0, fmt.Errorf("%w: more than %d bytes", ErrHashMismatch, FileSize(v.info))
+	if v.written+int64(len(p)) > v.limit {
+		return 0, fmt.Errorf("%w: more than %d bytes", ErrHashMismatch, v.limit)
 	}
 	v.written += int64(len(p))
 	if v.pw == nil {

@@ -179,7 +179,7 @@ func (s *session) fetchNAR(ctx context.Context, m *narReq, sink io.Writer) (int6
 		if resp.Encoding == encXZ {
 			comp = "xz"
 		}
-		d, err := cache.NewDecompressor(comp, sr)
+		d, err := s.n.decomp.Reader(comp, sr, m.NarSize)
 		if err != nil {
 			st.CancelRead(streamCanceled)
 			return 0, fmt.Errorf("NAR %s from %s: %w", m.Hash, s, err)

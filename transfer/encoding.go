@@ -134,9 +134,12 @@ type chunkWriter struct {
 	wire   int64  // bytes written to w
 }
 
-func newChunkWriter(w io.Writer, c *codecs, force bool) *chunkWriter {
+// newChunkWriter returns a chunkWriter for about size bytes (its buffers
+// are no larger than that: most NARs are small).
+func newChunkWriter(w io.Writer, c *codecs, force bool, size int64) *chunkWriter {
+	n := int(min(sendChunk, max(size, 1)))
 	return &chunkWriter{w: w, codecs: c, force: force,
-		buf: make([]byte, 0, sendChunk), out: make([]byte, 0, chunkHeaderLen+sendChunk+sendChunk/64+64)}
+		buf: make([]byte, 0, n), out: make([]byte, 0, chunkHeaderLen+n+n/64+64)}
 }
 
 func (c *chunkWriter) Write(p []byte) (int, error) {
@@ -151,6 +154,10 @@ func (c *chunkWriter) Write(p []byte) (int, error) {
 			continue
 		}
 		k := min(len(p), sendChunk-len(c.buf))
+		if cap(c.buf) < sendChunk && len(c.buf)+k > cap(c.buf) {
+			c.buf = append(make([]byte, 0, sendChunk), c.buf...) // larger than announced
+			c.out = make([]byte, 0, chunkHeaderLen+sendChunk+sendChunk/64+64)
+		}
 		c.buf = append(c.buf, p[:k]...)
 		p = p[k:]
 		if len(c.buf) == sendChunk {
@@ -279,7 +286,7 @@ func (c *chunkReader) next() error {
 		return fmt.Errorf("%w: chunk kind %d", errChunk, kind)
 	}
 	if cap(c.in) < int(encLen) {
-		c.in = make([]byte, encLen, max(int(encLen), sendChunk))
+		c.in = make([]byte, encLen)
 	}
 	c.in = c.in[:encLen]
 	k, err = io.ReadFull(c.r, c.in)
@@ -296,7 +303,7 @@ func (c *chunkReader) next() error {
 		return nil
 	}
 	if cap(c.reused) < int(rawLen) {
-		c.reused = make([]byte, 0, max(int(rawLen), sendChunk))
+		c.reused = make([]byte, 0, rawLen)
 	}
 	out, err := c.dec.DecodeAll(c.in, c.reused[:0])
 	if err != nil {

@@ -405,7 +405,7 @@ func TestChunkedRoundTrip(t *testing.T) {
 	for name, data := range map[string][]byte{"random": random, "text": compressible(3<<20+11, 1), "tiny": []byte("x"), "empty": nil} {
 		t.Run(name, func(t *testing.T) {
 			var wire bytes.Buffer
-			cw := newChunkWriter(&wire, cd, false)
+			cw := newChunkWriter(&wire, cd, false, int64(len(data))/2)
 			if name == "text" {
 				// Writes to memory take no time: the policy alone
 				// would send raw chunks. Check it separately.

@@ -191,6 +191,7 @@ type Node struct {
 	// (see Config.VerifyFirstMax).
 	holdBudget *semaphore.Weighted
 	codecs     *codecs
+	decomp     cache.Decompressors // of held and received compressed files
 	infos      *infoCache // narinfos learned from peers, by hash
 	blame      *blame     // who served which bytes of NARs that failed
 

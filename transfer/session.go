@@ -570,7 +570,7 @@ func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 		body = func(io.Writer) error {
 			// Chunks go straight to the stream: the time a write takes
 			// tells whether the link or the CPU is the bottleneck.
-			cw := newChunkWriter(lw, s.n.codecs, m.Accept&acceptForce != 0)
+			cw := newChunkWriter(lw, s.n.codecs, m.Accept&acceptForce != 0, int64(want))
 			if err := s.n.local.WriteNAR(ctx, cw, info, int64(m.Offset), int64(want)); err != nil {
 				return err
 			}
@@ -584,7 +584,7 @@ func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 		body = func(w io.Writer) error { return s.n.writeDecoded(ctx, w, info, int64(m.Offset), int64(want)) }
 	}
 	lw.hdr = hdr.marshal()
-	bw := bufio.NewWriterSize(lw, 256<<10)
+	bw := bufio.NewWriterSize(lw, int(min(256<<10, max(4096, want))))
 	var out io.Writer = bw
 	var lim *limitWriter
 	if hdr.Length != toEnd {
@@ -623,7 +623,7 @@ func (n *Node) writeDecoded(ctx context.Context, w io.Writer, info *cache.NarInf
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	d, err := cache.NewDecompressor(info.Compression, bufio.NewReaderSize(pr, 256<<10))
+	d, err := n.decomp.Reader(info.Compression, bufio.NewReaderSize(pr, 256<<10), info.NarSize)
 	if err == nil {
 		if _, err = io.CopyN(io.Discard, d, offset); err == nil {
 			_, err = io.CopyN(w, d, length)

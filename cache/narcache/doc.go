@@ -16,7 +16,13 @@
 //
 // The size is bounded by LRU eviction. Recency survives restarts as the
 // narinfo files' modification times, updated at most once per minute per
-// entry. A file being read is never deleted under its reader.
+// entry. A file being read is never deleted under its reader, and a reader
+// never deletes a file a newer entry of the same path may hold.
+//
+// Lookups are answered from memory under the index lock, which is never held
+// across file I/O: evictions take entries out of the index under it and
+// remove their files after, while their names stay reserved (Begin answers
+// ErrBusy for the path until then).
 //
 // The package does not fetch anything; transfer/upstream and the peer
 // protocol feed it through Begin.

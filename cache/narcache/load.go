@@ -113,7 +113,7 @@ func (c *Cache) load(ctx context.Context) error {
 	c.mu.Lock()
 	victims := c.evictLocked()
 	c.mu.Unlock()
-	c.deleteFiles(victims)
+	c.dispose(victims)
 	c.log.Info("NAR cache opened", "dir", c.dir, "entries", len(c.entries), "bytes", c.used, "max", c.max,
 		"evicted", len(victims), "removed_partial", removedPartial, "removed_orphans", removedOrphans,
 		"removed_narinfos", removedNarinfos)

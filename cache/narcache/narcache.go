@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -79,12 +80,16 @@ type Cache struct {
 	max    int64
 	log    *slog.Logger
 	inv    *cache.Inventory
+	dec    *cache.Decompressors // for the verifiers of writes
 	unlock func() error
 
 	// Test hooks.
 	now        func() time.Time
 	writeFault func() error
+	fsHook     func(op, path string) // called before each file-system operation
 
+	// mu guards the index. It is never held across file I/O, so that
+	// lookups, answered from memory, do not wait for a slow disk.
 	mu       sync.Mutex
 	closed   bool
 	entries  map[cache.Hash]*entry    // committed
@@ -93,24 +98,37 @@ type Cache struct {
 	lru      list.List                // committed entries, most recently used first
 	used     int64                    // accounted bytes of committed entries
 	reserved int64                    // bytes reserved by pending writes
+	// leaving holds the paths of entries taken out of the index whose files
+	// are still being removed. Their names (the narinfo's, the NAR's) are
+	// not free until then: Begin refuses these paths with ErrBusy.
+	leaving map[cache.Hash]bool
 }
 
 // entry is one path of the cache, committed or pending. Fields are guarded by
-// Cache.mu.
+// Cache.mu, except as noted.
 type entry struct {
 	hash    cache.Hash
 	info    *cache.NarInfo // as on disk once committed; as given to Begin while pending
-	nar     string         // current path of the NAR file (partial, final or evicted name)
 	narinfo string         // path of the narinfo file
 	size    int64          // file bytes, once committed
 	cost    int64          // bytes accounted in Cache.used
 	elem    *list.Element  // in Cache.lru, once committed
 	w       *Writer        // non-nil while pending
 	refs    int            // readers holding the NAR file open
-	evicted bool           // removed from the index; delete nar when refs drops to 0
 	touched time.Time      // recency last written to disk
 	file    cache.NarHash  // sha256 of the file, once committed
 	hasFile bool           // file is known: always, but for a compressed entry whose narinfo on disk had no FileHash
+
+	// fmu serializes what changes or uses the name of the NAR file: opening,
+	// renaming, removing. It is taken before Cache.mu, never under it.
+	fmu sync.Mutex
+	// nar is the current path of the NAR file (partial, final or evicted
+	// name). Changed under fmu and Cache.mu; read under either.
+	nar string
+	// trash is the NAR file of an entry evicted while it was read, moved
+	// aside to a name of its own: the last reader deletes it. A reader
+	// deletes no other file, since any other name may be a newer entry's.
+	trash string
 }
 
 // Open opens or creates the cache in cfg.Dir, rebuilds the index from disk
@@ -141,10 +159,12 @@ func Open(ctx context.Context, cfg Config) (*Cache, error) {
 		max:     cfg.MaxSize,
 		log:     log.With("component", "narcache"),
 		inv:     cfg.Inventory,
+		dec:     new(cache.Decompressors),
 		now:     time.Now,
 		entries: make(map[cache.Hash]*entry),
 		byFile:  make(map[cache.NarHash]*entry),
 		pending: make(map[cache.Hash]*entry),
+		leaving: make(map[cache.Hash]bool),
 	}
 	if err := os.MkdirAll(c.narDir, 0o755); err != nil {
 		return nil, fmt.Errorf("open NAR cache: %w", err)
@@ -302,23 +322,35 @@ func (c *Cache) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, 
 		c.mu.Unlock()
 		return fmt.Errorf("NAR %s: %w", h, cache.ErrNotFound)
 	}
-	f, err := os.Open(e.nar)
-	if err != nil {
-		// Someone removed the file behind our back: forget the entry.
-		var victims []string
-		if e.w == nil {
-			victims = c.removeLocked(e)
-		}
-		c.mu.Unlock()
-		c.deleteFiles(victims)
-		c.log.Warn("NAR file missing; entry dropped", "hash", h, "err", err)
-		return fmt.Errorf("NAR %s: %w: %w", h, cache.ErrNotFound, err)
-	}
+	// The reference keeps the file from being deleted (an eviction moves it
+	// aside instead) until release.
 	e.refs++
 	wr, size := e.w, e.size
 	persist := c.touchLocked(e)
 	c.mu.Unlock()
 	c.persistTouch(persist)
+
+	e.fmu.Lock()
+	c.fsOp("open", e.nar)
+	f, err := os.Open(e.nar)
+	e.fmu.Unlock()
+	if err != nil {
+		c.release(e)
+		if wr == nil && errors.Is(err, fs.ErrNotExist) {
+			// Someone removed the file behind our back: forget the entry.
+			c.mu.Lock()
+			var victims []*entry
+			if c.entries[h] == e {
+				c.unindexLocked(e)
+				victims = []*entry{e}
+			}
+			c.mu.Unlock()
+			c.dispose(victims)
+			c.log.Warn("NAR file missing; entry dropped", "hash", h, "err", err)
+		}
+		// A pending entry's file is missing when its write was given up.
+		return fmt.Errorf("NAR %s: %w: %w", h, cache.ErrNotFound, err)
+	}
 	defer c.release(e)
 	defer f.Close()
 
@@ -394,17 +426,19 @@ func normCompression(c string) string {
 	return c
 }
 
-// release drops a reader's reference and deletes the file of an entry
-// evicted while it was being read.
+// release drops a reader's reference. The last reader of an entry evicted
+// while it was read deletes the file moved aside for it.
 func (c *Cache) release(e *entry) {
 	c.mu.Lock()
 	e.refs--
-	var victims []string
-	if e.refs == 0 && e.evicted {
-		victims = []string{e.nar}
+	var trash string
+	if e.refs == 0 {
+		trash, e.trash = e.trash, ""
 	}
 	c.mu.Unlock()
-	c.deleteFiles(victims)
+	if trash != "" {
+		c.removeFile(trash, "delete evicted NAR")
+	}
 }
 
 // touchLocked marks e most recently used and reports the narinfo whose mtime
@@ -430,16 +464,17 @@ func (c *Cache) persistTouch(narinfo string) {
 		return
 	}
 	now := c.now()
+	c.fsOp("chtimes", narinfo)
 	if err := os.Chtimes(narinfo, now, now); err != nil && !errors.Is(err, os.ErrNotExist) {
 		c.log.Debug("persist recency", "file", narinfo, "err", err)
 	}
 }
 
-// evictLocked removes least recently used entries until the committed bytes
-// plus the reservations of pending writes fit in MaxSize. It returns files
-// to delete once the lock is released.
-func (c *Cache) evictLocked() []string {
-	var victims []string
+// evictLocked takes least recently used entries out of the index until the
+// committed bytes plus the reservations of pending writes fit in MaxSize. It
+// returns them for dispose, to be called once the lock is released.
+func (c *Cache) evictLocked() []*entry {
+	var victims []*entry
 	for c.used+c.reserved > c.max {
 		back := c.lru.Back()
 		if back == nil {
@@ -447,17 +482,15 @@ func (c *Cache) evictLocked() []string {
 		}
 		e := back.Value.(*entry)
 		c.log.Debug("evict", "hash", e.hash, "bytes", e.size)
-		victims = append(victims, c.removeLocked(e)...)
+		c.unindexLocked(e)
+		victims = append(victims, e)
 	}
 	return victims
 }
 
-// removeLocked takes a committed entry out of the index and the directory.
-// The narinfo goes first and at once, so the entry stops existing on disk
-// even if the process dies now. The NAR is renamed out of the way (so that a
-// new commit of the same path can take its name) and returned for deletion,
-// unless readers hold it: then the last one deletes it.
-func (c *Cache) removeLocked(e *entry) []string {
+// unindexLocked takes a committed entry out of the index and the inventory.
+// Its files stay until dispose removes them; until then its path is leaving.
+func (c *Cache) unindexLocked(e *entry) {
 	c.lru.Remove(e.elem)
 	e.elem = nil
 	delete(c.entries, e.hash)
@@ -465,39 +498,82 @@ func (c *Cache) removeLocked(e *entry) []string {
 		delete(c.byFile, e.file)
 	}
 	c.used -= e.cost
-	e.evicted = true
-	if err := os.Remove(e.narinfo); err != nil && !errors.Is(err, os.ErrNotExist) {
-		c.log.Warn("remove narinfo", "file", e.narinfo, "err", err)
-	}
+	c.leaving[e.hash] = true
 	if c.inv != nil {
 		c.inv.Remove(e.hash)
 	}
-	trash, err := os.CreateTemp(c.narDir, evictedPrefix+e.hash.String()+"-*")
-	if err == nil {
-		trash.Close()
-		if err = os.Rename(e.nar, trash.Name()); err == nil {
-			e.nar = trash.Name()
-		} else {
-			os.Remove(trash.Name())
-		}
-	}
-	if err != nil {
-		// Still delete it below (or at release); a later commit of the same
-		// path writes a different partial file first, so at worst it loses
-		// its file to this deletion and is dropped at the next start-up.
-		c.log.Warn("move evicted NAR aside", "file", e.nar, "err", err)
-	}
-	if e.refs > 0 {
-		return nil
-	}
-	return []string{e.nar}
 }
 
-func (c *Cache) deleteFiles(paths []string) {
-	for _, p := range paths {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("delete evicted NAR", "file", p, "err", err)
+// dispose removes the files of entries unindexLocked took out of the index,
+// without holding the lock. The narinfo goes first, so that the entry stops
+// existing on disk even if the process dies now. The NAR is deleted, or, if
+// readers hold it, moved aside to a name of its own for the last of them to
+// delete: its name is free for a new commit of the same path at once. Only
+// then is the path no longer leaving.
+func (c *Cache) dispose(victims []*entry) {
+	for _, e := range victims {
+		c.removeFile(e.narinfo, "remove narinfo")
+		e.fmu.Lock()
+		c.mu.Lock()
+		read := e.refs > 0
+		c.mu.Unlock()
+		del := e.nar
+		if read {
+			aside, err := c.moveAside(e)
+			c.mu.Lock()
+			if err == nil {
+				e.nar = aside
+				if e.refs > 0 {
+					e.trash, del = aside, ""
+				} else {
+					del = aside // the readers left meanwhile
+				}
+			}
+			c.mu.Unlock()
+			if err != nil {
+				// Deleted now, while the name is still this entry's: its
+				// readers have it open and keep reading.
+				c.log.Warn("move evicted NAR aside", "file", e.nar, "err", err)
+			}
 		}
+		if del != "" {
+			c.removeFile(del, "delete evicted NAR")
+		}
+		e.fmu.Unlock()
+		c.mu.Lock()
+		delete(c.leaving, e.hash)
+		c.mu.Unlock()
+	}
+}
+
+// moveAside renames e's NAR to a new name of its own. Called under e.fmu.
+func (c *Cache) moveAside(e *entry) (string, error) {
+	c.fsOp("create", c.narDir)
+	trash, err := os.CreateTemp(c.narDir, evictedPrefix+e.hash.String()+"-*")
+	if err != nil {
+		return "", err
+	}
+	trash.Close()
+	c.fsOp("rename", e.nar)
+	if err := os.Rename(e.nar, trash.Name()); err != nil {
+		os.Remove(trash.Name())
+		return "", err
+	}
+	return trash.Name(), nil
+}
+
+// removeFile deletes path; what says what for the log if that fails.
+func (c *Cache) removeFile(path, what string) {
+	c.fsOp("remove", path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn(what, "file", path, "err", err)
+	}
+}
+
+// fsOp calls the test hook before a file-system operation.
+func (c *Cache) fsOp(op, path string) {
+	if c.fsHook != nil {
+		c.fsHook(op, path)
 	}
 }
 

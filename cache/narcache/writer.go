@@ -2,7 +2,6 @@ package narcache
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"hash"
 	"os"
@@ -70,38 +69,29 @@ func (c *Cache) Begin(info *cache.NarInfo) (*Writer, error) {
 	if w.est <= 0 {
 		w.est = int64(info.NarSize)
 	}
-	if w.v, err = cache.NewVerifier(&w.info); err != nil {
+	if w.v, err = c.dec.NewVerifier(&w.info); err != nil {
 		return nil, fmt.Errorf("begin NAR cache write %s: %w", h, err)
 	}
 
 	c.mu.Lock()
-	switch {
-	case c.closed:
-		err = ErrClosed
-	case c.entries[h] != nil:
-		err = ErrExists
-	case c.pending[h] != nil:
-		err = ErrBusy
-	case w.est > c.max:
-		err = fmt.Errorf("%w: %d bytes, cache holds %d", ErrTooLarge, w.est, c.max)
+	err = c.canBeginLocked(h, w.est)
+	c.mu.Unlock()
+	if err == nil {
+		// The file exists before the entry does, so that readers who find
+		// the entry find its file. Its name is unique, so it is created
+		// without the lock.
+		w.f, err = c.createPartial(h)
 	}
 	if err == nil {
-		// Created under the lock so that the entry has its file before
-		// anyone can see it.
-		w.f, err = os.CreateTemp(c.narDir, partialPrefix+h.String()+"-*")
-		if err == nil {
-			// Readable by others, like any binary cache served by file://.
-			if err = w.f.Chmod(0o644); err != nil {
-				w.f.Close()
-				os.Remove(w.f.Name())
-			}
-		}
-		if err != nil {
-			err = fmt.Errorf("create partial file: %w", err)
+		c.mu.Lock()
+		if err = c.canBeginLocked(h, w.est); err != nil {
+			// Another Begin of the path won meanwhile.
+			c.mu.Unlock()
+			w.f.Close()
+			c.removeFile(w.f.Name(), "remove partial NAR")
 		}
 	}
 	if err != nil {
-		c.mu.Unlock()
 		w.v.Abort()
 		return nil, fmt.Errorf("begin NAR cache write %s: %w", h, err)
 	}
@@ -116,8 +106,40 @@ func (c *Cache) Begin(info *cache.NarInfo) (*Writer, error) {
 	c.reserved += w.est
 	victims := c.evictLocked()
 	c.mu.Unlock()
-	c.deleteFiles(victims)
+	c.dispose(victims)
 	return w, nil
+}
+
+// canBeginLocked says why a write of h of about est bytes cannot begin, if
+// it cannot.
+func (c *Cache) canBeginLocked(h cache.Hash, est int64) error {
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.entries[h] != nil:
+		return ErrExists
+	case c.pending[h] != nil, c.leaving[h]:
+		return ErrBusy
+	case est > c.max:
+		return fmt.Errorf("%w: %d bytes, cache holds %d", ErrTooLarge, est, c.max)
+	}
+	return nil
+}
+
+// createPartial creates the partial file of a new write of h.
+func (c *Cache) createPartial(h cache.Hash) (*os.File, error) {
+	c.fsOp("create", c.narDir)
+	f, err := os.CreateTemp(c.narDir, partialPrefix+h.String()+"-*")
+	if err != nil {
+		return nil, fmt.Errorf("create partial file: %w", err)
+	}
+	// Readable by others, like any binary cache served by file://.
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		c.removeFile(f.Name(), "remove partial NAR")
+		return nil, fmt.Errorf("create partial file: %w", err)
+	}
+	return f, nil
 }
 
 // Write appends file bytes. Bytes that cannot be the signed file, and write
@@ -178,6 +200,7 @@ func (w *Writer) Commit() error {
 	if err := w.v.Close(); err != nil {
 		return fail(err)
 	}
+	c.fsOp("sync", e.nar)
 	if err := w.f.Sync(); err != nil {
 		return fail(fmt.Errorf("sync: %w", err))
 	}
@@ -200,26 +223,34 @@ func (w *Writer) Commit() error {
 	final := filepath.Join(c.narDir, name)
 
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
 		return fail(ErrClosed)
 	}
-	// Renamed under the lock: readers open e.nar under it.
+	// Renamed under e.fmu: readers open e.nar under it. Until Abort or the
+	// commit below, the path is pending, so final and the narinfo's name
+	// are this entry's alone.
+	e.fmu.Lock()
+	c.fsOp("rename", e.nar)
 	err = os.Rename(e.nar, final)
 	if err == nil {
+		c.mu.Lock()
 		e.nar = final
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
+	e.fmu.Unlock()
 	if err != nil {
 		return fail(fmt.Errorf("rename NAR: %w", err))
 	}
+	c.fsOp("sync", c.narDir)
 	if err := syncDir(c.narDir); err != nil {
 		return fail(err)
 	}
+	c.fsOp("write", e.narinfo)
 	if err := writeFileAtomic(c.dir, filepath.Base(e.narinfo), text); err != nil {
-		// The rename may have happened before the failure; no committed
-		// entry of this path exists (Begin made sure), so the name is ours.
-		os.Remove(e.narinfo)
+		// The rename may have happened before the failure.
+		c.removeFile(e.narinfo, "remove narinfo")
 		return fail(err)
 	}
 
@@ -239,7 +270,7 @@ func (w *Writer) Commit() error {
 	}
 	victims := c.evictLocked()
 	c.mu.Unlock()
-	c.deleteFiles(victims)
+	c.dispose(victims)
 	w.publish(w.n, true, nil)
 	c.log.Debug("committed", "hash", e.hash, "path", info.StorePath, "bytes", w.n)
 	return nil
@@ -260,15 +291,17 @@ func (w *Writer) Abort(err error) {
 	}
 	w.f.Close()
 	c, e := w.c, w.e
+	// Removed while the path is still pending: after a failed Commit the
+	// file may have its final name, which a new write of the path may take
+	// as soon as the path is no longer pending. Readers that hold it open
+	// keep reading; release deletes nothing of this entry.
+	e.fmu.Lock()
+	c.removeFile(e.nar, "remove partial NAR")
+	e.fmu.Unlock()
 	c.mu.Lock()
 	delete(c.pending, e.hash)
 	c.reserved -= w.est
-	e.evicted = true // never deleted by release: removed here
-	path := e.nar
 	c.mu.Unlock()
-	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-		c.log.Warn("remove partial NAR", "file", path, "err", rerr)
-	}
 	w.publish(w.n, true, err)
 }
 

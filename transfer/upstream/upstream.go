@@ -109,6 +109,7 @@ type Upstream struct {
 	ups    []*upstream
 	client *http.Client
 	store  *narcache.Cache
+	dec    *cache.Decompressors // for the verifiers of direct streams
 	log    *slog.Logger
 	stats  counters
 	now    func() time.Time // test hook
@@ -180,6 +181,7 @@ func New(cfg Config, store *narcache.Cache) (*Upstream, error) {
 		cfg:       cfg,
 		client:    cfg.Client,
 		store:     store,
+		dec:       new(cache.Decompressors),
 		log:       cfg.Logger,
 		now:       time.Now,
 		known:     make(map[cache.Hash]*known),
@@ -495,9 +497,11 @@ func (u *Upstream) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInf
 				case <-ctx.Done():
 					return fmt.Errorf("NAR %s upstream: %w", h, ctx.Err())
 				}
-				if d.err != nil {
+				if d.err != nil && !errors.Is(d.err, errLocalWrite) {
 					return fmt.Errorf("NAR %s upstream: %w", h, d.err)
 				}
+				// A local write error: the bytes are fine, the cache
+				// could not keep them; stream them directly below.
 			}
 		} else if !errors.Is(err, errDirect) {
 			return err
@@ -560,7 +564,10 @@ func (u *Upstream) download(d *download, k *known, wr *narcache.Writer) {
 	start := u.now()
 	n, err := u.fetchNAR(ctx, k, wr)
 	if err == nil {
-		err = wr.Commit()
+		if err = wr.Commit(); err != nil && !errors.Is(err, cache.ErrHashMismatch) {
+			// A failed fsync, rename or narinfo write: the bytes were good.
+			err = fmt.Errorf("%w: %w", errLocalWrite, err)
+		}
 	} else {
 		wr.Abort(err)
 	}
@@ -669,7 +676,7 @@ func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64
 // byte of the range is written only after the check passed, so that bad
 // bytes never make a complete response.
 func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, length int64) error {
-	v, err := cache.NewVerifier(k.info)
+	v, err := u.dec.NewVerifier(k.info)
 	if err != nil {
 		return fmt.Errorf("NAR %s upstream: %w", k.hash, err)
 	}

@@ -586,6 +586,71 @@ func TestTooLargeForStoreStreamsDirectly(t *testing.T) {
 	}
 }
 
+// A download whose Commit fails for a local reason (here the narinfo cannot
+// be written: a non-empty directory has its name, which even root cannot
+// rename over) is a local write error like a full disk: later requests
+// stream the path directly instead of downloading it into the cache again
+// and failing the same way.
+func TestCommitFailureStreamsDirectly(t *testing.T) {
+	f := newFixture(t, true, nil)
+	p := f.bc.add("commit-fails", "zstd", 200_000)
+	if err := os.MkdirAll(filepath.Join(f.store.Dir(), p.hash.String()+".narinfo", "obstacle"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The first request follows the download and may get its error.
+	fetch(t, f.up, p.info, 0, -1)
+	for i := range 2 {
+		got, err := fetch(t, f.up, p.info, 0, -1)
+		if err != nil || !bytes.Equal(got, p.file) {
+			t.Fatalf("request %d after the failed commit: %v", i+2, err)
+		}
+	}
+	if f.store.Has(p.hash) {
+		t.Fatal("committed")
+	}
+	if st := f.up.Stats(); st.NARDownloads > 3 {
+		// One into the cache, then direct streams only.
+		t.Fatalf("%d NAR downloads for 3 requests: the cache was tried again", st.NARDownloads)
+	}
+	f.up.mu.Lock()
+	_, direct := f.up.uncacheable[p.hash]
+	f.up.mu.Unlock()
+	if !direct {
+		t.Fatal("path not marked for direct streaming")
+	}
+}
+
+// FileSize is optional in a narinfo: a compressed NAR without it is pulled
+// through (into the cache, or directly) and verified all the same.
+func TestNarInfoWithoutFileSize(t *testing.T) {
+	for _, withStore := range []bool{true, false} {
+		t.Run(fmt.Sprintf("store=%v", withStore), func(t *testing.T) {
+			f := newFixture(t, withStore, nil)
+			p := f.bc.add("no-filesize", "xz", 200_000)
+			stripped := *p.info
+			stripped.FileSize = 0
+			text, _ := stripped.MarshalText()
+			f.bc.mu.Lock()
+			f.bc.files[p.narinfoURL()] = text
+			f.bc.mu.Unlock()
+			info, err := f.up.NarInfo(context.Background(), p.hash)
+			if err != nil || info.FileSize != 0 {
+				t.Fatalf("narinfo: %v, FileSize %d", err, info.FileSize)
+			}
+			got, err := fetch(t, f.up, info, 0, -1)
+			if err != nil || !bytes.Equal(got, p.file) {
+				t.Fatalf("WriteNAR: %v (%d bytes, want %d)", err, len(got), len(p.file))
+			}
+			if f.store != nil {
+				local, err := f.store.NarInfo(context.Background(), p.hash)
+				if err != nil || local.FileSize != uint64(len(p.file)) {
+					t.Fatalf("NAR cache's narinfo: %v, FileSize %d", err, local.FileSize)
+				}
+			}
+		})
+	}
+}
+
 func TestUpstreamFailuresBecomeNotFound(t *testing.T) {
 	f := newFixture(t, true, func(c *Config) {
 		c.NarInfoTimeout = 200 * time.Millisecond

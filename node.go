@@ -22,6 +22,7 @@ import (
 	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/cache/narcache"
 	"github.com/lancache/lancache/discovery"
+	"github.com/lancache/lancache/statusapi"
 	"github.com/lancache/lancache/transfer"
 	"github.com/lancache/lancache/transfer/upstream"
 )
@@ -360,14 +361,10 @@ func (n *Node) Status() Status {
 		if end.IsZero() {
 			end = time.Now()
 		}
-		result := t.Result
-		if t.Finished.IsZero() {
-			result = ""
-		}
 		s.Transfers = append(s.Transfers, TransferStatus{
-			Hash: t.Hash, Name: t.Name, Source: "peer", Peer: firstNonEmpty(t.PeerName, t.Peer),
+			Hash: t.Hash, Name: t.Name, Source: statusapi.SourcePeer, Peer: firstNonEmpty(t.PeerName, t.Peer),
 			BytesDone: t.BytesDone, BytesTotal: t.BytesTotal, RateBps: t.Rate,
-			Started: t.Started, Result: result, ElapsedSecs: end.Sub(t.Started).Seconds(),
+			Started: t.Started, Result: t.Result, Error: t.Error, ElapsedSecs: end.Sub(t.Started).Seconds(),
 		})
 	}
 	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())
@@ -417,11 +414,11 @@ func (n *Node) routes() http.Handler {
 		}
 		var h http.Handler
 		switch r.URL.Path {
-		case "/_lancache/status":
+		case statusapi.StatusPath:
 			h = http.HandlerFunc(n.serveStatus)
-		case "/_lancache/events":
+		case statusapi.EventsPath:
 			h = http.HandlerFunc(n.serveEvents)
-		case "/metrics":
+		case statusapi.MetricsPath:
 			h = metrics
 		default:
 			n.handler.ServeHTTP(w, r) // checks methods and paths itself

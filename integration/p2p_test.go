@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // The acceptance tests of peer-to-peer transfer (issue 3): three hosts on a
@@ -485,7 +486,7 @@ func TestPeerCorruption(t *testing.T) {
 		if st.Totals.VerificationFailures == 0 {
 			t.Errorf("h2 verification_failures = 0 after h1 sent a corrupt NAR")
 		}
-		if x := findTransfer(st, hashPart(p)); x == nil || x.Peer != "h1" || x.Result != "hash mismatch" {
+		if x := findTransfer(st, hashPart(p)); x == nil || x.Peer != "h1" || x.Result != statusapi.ResultHashMismatch {
 			t.Errorf("h2 transfer of %s: %+v; want a hash mismatch from h1", p, x)
 		}
 	})

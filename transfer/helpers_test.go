@@ -18,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // memSource is a cache.Source over files in memory, with faults to inject.
@@ -221,7 +222,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func connected(n *testNode, ids ...string) bool {
 	have := make(map[string]bool)
 	for _, p := range n.Peers() {
-		if p.State == StateConnected {
+		if p.State == statusapi.StateConnected {
 			have[p.ID] = true
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 func TestInventoryConverges(t *testing.T) {
@@ -187,7 +188,7 @@ func TestFleet(t *testing.T) {
 			connect(b, a)
 			waitFor(t, "refusal", func() bool {
 				ps := b.Peers()
-				return len(ps) == 1 && ps[0].State == StateBackoff && ps[0].LastError != ""
+				return len(ps) == 1 && ps[0].State == statusapi.StateBackoff && ps[0].LastError != ""
 			})
 			if ps := a.Peers(); len(ps) != 0 {
 				t.Fatalf("a lists peers %+v", ps)
@@ -204,7 +205,7 @@ func TestPinnedID(t *testing.T) {
 	b.AddPeer(a.LocalAddr().String(), c.ID()) // a is not c
 	waitFor(t, "refusal", func() bool {
 		ps := b.Peers()
-		return len(ps) == 1 && ps[0].State == StateBackoff
+		return len(ps) == 1 && ps[0].State == statusapi.StateBackoff
 	})
 	if ps := a.Peers(); len(ps) != 0 {
 		t.Fatalf("a lists peers %+v", ps)
@@ -358,7 +359,7 @@ func TestFetch(t *testing.T) {
 		t.Fatal("fetched bytes or narinfo differ")
 	}
 	ts := b.Transfers()
-	if len(ts) != 1 || ts[0].Result != ResultOK || ts[0].BytesDone != int64(len(data)) || ts[0].Peer != a.ID() {
+	if len(ts) != 1 || ts[0].Result != statusapi.ResultOK || ts[0].BytesDone != int64(len(data)) || ts[0].Peer != a.ID() {
 		t.Fatalf("transfers: %+v", ts)
 	}
 	var ps PeerStatus
@@ -367,7 +368,7 @@ func TestFetch(t *testing.T) {
 			ps = p
 		}
 	}
-	if ps.BytesIn < int64(len(data)) || ps.Paths != 3 || ps.Name != "a" || ps.State != StateConnected {
+	if ps.BytesIn < int64(len(data)) || ps.Paths != 3 || ps.Name != "a" || ps.State != statusapi.StateConnected {
 		t.Fatalf("peer status: %+v", ps)
 	}
 
@@ -436,7 +437,7 @@ func TestFailoverResumes(t *testing.T) {
 		t.Fatal("resumed stream differs")
 	}
 	ts := b.Transfers()
-	if len(ts) != 1 || ts[0].Failovers != 1 || ts[0].Result != ResultOK {
+	if len(ts) != 1 || ts[0].Failovers != 1 || ts[0].Result != statusapi.ResultOK {
 		t.Fatalf("transfers: %+v", ts)
 	}
 	if pa.served+pc.served != 2 {
@@ -510,7 +511,7 @@ func TestCorruptionBlocklists(t *testing.T) {
 	if !blocked {
 		t.Fatalf("a not reported blocklisted: %+v", b.Peers())
 	}
-	if ts := b.Transfers(); ts[0].Result != ResultMismatch {
+	if ts := b.Transfers(); ts[0].Result != statusapi.ResultHashMismatch {
 		t.Fatalf("transfer result %q", ts[0].Result)
 	}
 
@@ -566,7 +567,7 @@ func TestCorruptionRoutedAroundInOneResponse(t *testing.T) {
 			t.Fatal("a not blocklisted")
 		}
 	}
-	if ts := b.Transfers(); ts[0].Result != ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
+	if ts := b.Transfers(); ts[0].Result != statusapi.ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
 		t.Fatalf("transfer %+v", ts[0])
 	}
 }

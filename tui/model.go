@@ -90,18 +90,18 @@ type Model struct {
 	width, height int
 
 	status    *statusapi.Status // latest snapshot; nil before the first
-	streaming bool             // status came from the event stream
-	err       error            // last failure; nil after a snapshot
-	attempt   int              // failures in a row
-	retryAt   time.Time        // the feed's next attempt, after err
-	tickGen   int              // generation of the countdown tick
+	streaming bool              // status came from the event stream
+	err       error             // last failure; nil after a snapshot
+	attempt   int               // failures in a row
+	retryAt   time.Time         // the feed's next attempt, after err
+	tickGen   int               // generation of the countdown tick
 
 	focus  pane
 	sortBy sortKey
 	peers  []statusapi.PeerStatus     // sorted by sortBy
 	active []statusapi.TransferStatus // in the daemon's order
 	recent []statusapi.TransferStatus // most recently finished first
-	cursor [paneCount]int            // selected row per pane
+	cursor [paneCount]int             // selected row per pane
 }
 
 // NewModel returns the `lancache top` model. It takes its status updates

@@ -100,8 +100,8 @@ const (
 	// ResultHashMismatch: the bytes did not match the signed NarHash; the
 	// download was aborted and the source blocklisted.
 	ResultHashMismatch Result = "hash-mismatch"
-	// ResultCanceled: the requester went away (Nix closed the connection,
-	// or the daemon shut down) before the end.
+	// ResultCanceled: the request was cancelled before the end (its
+	// client's connection closed, or the daemon shut down).
 	ResultCanceled Result = "canceled"
 	// ResultFailed: any other failure (no source left, network, timeout).
 	ResultFailed Result = "failed"

@@ -36,6 +36,10 @@ type memPath struct {
 	failAt    int64
 	failures  int
 	freshOnly bool // only requests from byte 0 fail
+	// gate, if set, makes a failing request wait at failAt until it is
+	// closed, so that a test can see the bytes before failAt arrive before
+	// the failure resets the stream (which discards bytes in flight).
+	gate chan struct{}
 	served    int  // requests answered
 }
 
@@ -98,6 +102,12 @@ func (m *memSource) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarIn
 		pos += n
 	}
 	if fail {
+		if p.gate != nil {
+			select {
+			case <-p.gate:
+			case <-ctx.Done():
+			}
+		}
 		return errInjected
 	}
 	return nil

@@ -67,6 +67,11 @@ type Config struct {
 	MaxPeerPaths int
 	// MaxPeers bounds the number of connected peers (default 256).
 	MaxPeers int
+	// VerifyFirstMax is the largest file that WriteNAR verifies whole
+	// before releasing its first byte (default verifyFirstMax, 32 MiB);
+	// larger files stream with a held-back tail. Tests lower it to reach
+	// the streaming path with small files.
+	VerifyFirstMax int64
 }
 
 func (c *Config) setDefaults() {
@@ -88,6 +93,9 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxUploadsPerPeer, 8)
 	defInt(&c.MaxPeerPaths, 2_000_000)
 	defInt(&c.MaxPeers, 256)
+	if c.VerifyFirstMax <= 0 {
+		c.VerifyFirstMax = verifyFirstMax
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

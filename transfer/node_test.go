@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -455,24 +456,50 @@ func TestFailoverResumes(t *testing.T) {
 	checkGoroutines(t, base)
 }
 
+// A file above the verify-first limit streams to the caller as it
+// verifies, keeping back its last holdBack bytes. Its only holder sends
+// the file up to its last byte and fails: although the bytes of the tail
+// have arrived, the caller gets every byte before the tail and none of it,
+// and a plain error (no blame).
 func TestFailoverWhenAllFail(t *testing.T) {
 	key := newTestKey(t, "test-1")
+	const size = 1<<20 + 1000
 	a := startNode(t, "a", &key, nil)
-	b := startNode(t, "b", &key, nil)
-	info, data := makePath(t, &key, "big", 1<<20)
+	b := startNode(t, "b", &key, func(c *Config) { c.VerifyFirstMax = size / 4 })
+	info, data := makePath(t, &key, "big", size)
+	if cache.FileSize(info) <= b.cfg.VerifyFirstMax {
+		t.Fatalf("file of %d bytes is not above the verify-first limit %d", cache.FileSize(info), b.cfg.VerifyFirstMax)
+	}
 	pa := a.share(info, data)
-	pa.failAt, pa.failures = 1000, -1
+	pa.failAt, pa.failures, pa.gate = size-1, -1, make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(pa.gate) }) }
+	t.Cleanup(release)
 	connect(b, a)
 	h := hashOf(t, info)
 	waitFor(t, "inventory", func() bool { return offers(b, a.ID(), h) })
+
 	var buf bytes.Buffer
-	err := b.WriteNAR(context.Background(), &buf, info, 0, -1)
+	done := make(chan error, 1)
+	go func() { done <- b.WriteNAR(context.Background(), &buf, info, 0, -1) }()
+	cut := int64(size - holdBack)
+	waitFor(t, "bytes of the tail received", func() bool {
+		ts := b.Transfers()
+		return len(ts) == 1 && ts[0].BytesDone > cut
+	})
+	release()
+	err := <-done
 	if err == nil || errors.Is(err, cache.ErrHashMismatch) {
 		t.Fatalf("WriteNAR = %v, want a plain failure", err)
 	}
-	// The caller never got the whole range, and never the held-back tail.
-	if buf.Len() >= len(data) {
-		t.Fatalf("caller got %d bytes", buf.Len())
+	if buf.Len() != int(cut) || !bytes.Equal(buf.Bytes(), data[:cut]) {
+		t.Fatalf("caller got %d bytes (a prefix of the file: %v), want the %d before the held-back tail",
+			buf.Len(), bytes.HasPrefix(data, buf.Bytes()), cut)
+	}
+	for _, p := range b.Peers() {
+		if !p.BlocklistedUntil.IsZero() {
+			t.Fatalf("peer blocklisted after a plain failure: %+v", p)
+		}
 	}
 }
 

@@ -148,7 +148,7 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 		end = offset + length
 	}
 	hold := min(holdBack, end-offset)
-	if size <= verifyFirstMax && n.holdBudget.TryAcquire(end-offset) {
+	if size <= n.cfg.VerifyFirstMax && n.holdBudget.TryAcquire(end-offset) {
 		defer n.holdBudget.Release(end - offset)
 		hold = end - offset
 	}

@@ -39,8 +39,8 @@ type memPath struct {
 	// gate, if set, makes a failing request wait at failAt until it is
 	// closed, so that a test can see the bytes before failAt arrive before
 	// the failure resets the stream (which discards bytes in flight).
-	gate chan struct{}
-	served    int  // requests answered
+	gate   chan struct{}
+	served int // requests answered
 }
 
 func newMemSource() *memSource { return &memSource{paths: make(map[cache.Hash]*memPath)} }

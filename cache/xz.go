@@ -17,7 +17,10 @@ import (
 // most. Without xz on PATH the pure-Go decoder is used.
 func newXZReader(r io.Reader) (io.ReadCloser, error) {
 	if path, err := exec.LookPath("xz"); err == nil {
-		return startCmdReader(exec.Command(path, "-dc", "--single-stream"), r)
+		// All streams to the end of the input, as Nix's liblzma decoder
+		// (LZMA_CONCATENATED) and the pure-Go one read it: trailing data
+		// that is not another stream (or stream padding) is an error.
+		return startCmdReader(exec.Command(path, "-dc"), r)
 	}
 	d, err := xz.NewReader(r)
 	if err != nil {

@@ -15,111 +15,153 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/demo"
 	"github.com/lancache/lancache/statusapi"
 	"github.com/lancache/lancache/tui"
 )
 
-// `lancache top` on a real node's status: node A's NAR cache holds a copy
-// of a signed path with one byte flipped (its size unchanged, so A serves
-// it). Node B fetches the path from A for its Nix, finds the hash mismatch
-// and records the transfer. The TUI's own client follows B's event stream
-// and its model, fed that real snapshot, shows the transfer as a bad hash
-// from peer "a", and the verify failure in the header.
+// `lancache top` on real nodes' status. Node A's NAR cache holds two
+// signed paths, one (liar-0) with a byte flipped (its size unchanged, so A
+// serves it). Node B fetches both from A for its Nix: liar-0 fails its
+// hash, liar-1 verifies. A's own Nix fetches liar-1 from A's cache. The
+// TUI's own client follows each daemon's event stream, and its model, fed
+// those real snapshots, shows on B the bad hash from peer "a" (and the
+// verify failure in the header), and on A the transfer from its cache.
 //
 // The test lives in the root package because it starts Nodes; package tui
 // stays free of the daemon and reads it over HTTP like any user.
-func TestTopShowsRealHashMismatch(t *testing.T) {
+func TestTopShowsRealTransfers(t *testing.T) {
 	sk, pk, err := signature.GenerateKeypair("test-1", rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	paths, err := demo.Populate(context.Background(), dir, sk, "liar", 7, 1, 200_000)
+	paths, err := demo.Populate(context.Background(), dir, sk, "liar", 7, 2, 200_000)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nars, err := filepath.Glob(filepath.Join(dir, "nar", "*"))
-	if err != nil || len(nars) != 1 {
-		t.Fatalf("NAR files in %s: %v %v; want one", dir, nars, err)
-	}
-	flip(t, nars[0], 100_000)
+	bad, good := paths[0], paths[1]
+	flip(t, narFile(t, dir, bad.Hash.String()), 100_000)
 
 	a := startNode(t, lancache.Config{CacheDir: dir, TrustedPublicKeys: pk.String(), Name: "a"})
 	b := startNode(t, lancache.Config{TrustedPublicKeys: pk.String(), Name: "b", Peers: []string{a.QUICAddr().String()}})
-	base := "http://" + b.HTTPAddr().String()
-	h := paths[0].Hash.String()
+	baseA, baseB := "http://"+a.HTTPAddr().String(), "http://"+b.HTTPAddr().String()
 
-	// Wait until B knows A holds the path (A's inventory has arrived).
-	var narinfo string
+	// Wait until B knows A holds the paths (A's inventory has arrived).
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		code, body := httpGet(t, base+"/"+h+".narinfo")
-		if code == http.StatusOK {
-			narinfo = string(body)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("narinfo of %s via B: still %d", h, code)
+	for code := 0; code != http.StatusOK; {
+		if code, _ = httpGet(t, baseB+"/"+good.Hash.String()+".narinfo"); time.Now().After(deadline) {
+			t.Fatalf("narinfo of %s via B: still %d", good.Hash, code)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	var url string
-	for _, l := range strings.Split(narinfo, "\n") {
-		if u, ok := strings.CutPrefix(l, "URL: "); ok {
-			url = u
+	// The good path first: after the bad one B blocklists A.
+	for _, base := range []string{baseB, baseA} {
+		if _, ok := getNAR(t, base, good); !ok {
+			t.Fatalf("%s did not deliver %s", base, good.Info.StorePath)
 		}
 	}
-	resp, err := http.Get(base + "/" + url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, rerr := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK && rerr == nil && len(got) == int(paths[0].Info.NarSize) {
-		t.Fatalf("B delivered all %d bytes of A's corrupt copy", len(got))
+	if nar, ok := getNAR(t, baseB, bad); ok {
+		t.Fatalf("B delivered all %d bytes of A's corrupt copy", len(nar))
 	}
 
-	// B has recorded the transfer when its response ends (WriteNAR
-	// finishes the record before it returns): the first snapshot of the
-	// stream has it.
+	// Each transfer is recorded before its response ends, so the first
+	// snapshot of each stream has them all.
+	stB, screenB := top(t, b.HTTPAddr().String())
+	stA, screenA := top(t, a.HTTPAddr().String())
+	for _, w := range []struct {
+		st      *statusapi.Status
+		screen  string
+		p       demo.Path
+		src     statusapi.Source
+		peer    string
+		res     statusapi.Result
+		columns []string // of its row on the screen
+	}{
+		{stB, screenB, bad, statusapi.SourcePeer, "a", statusapi.ResultHashMismatch, []string{"BAD HASH", " a "}},
+		{stB, screenB, good, statusapi.SourcePeer, "a", statusapi.ResultOK, []string{"✓ ok", " a "}},
+		{stA, screenA, good, statusapi.SourceCache, "", statusapi.ResultOK, []string{"✓ ok", " cache "}},
+	} {
+		name := w.p.Info.Name()
+		var x *statusapi.TransferStatus
+		for i := range w.st.Transfers {
+			if w.st.Transfers[i].Hash == w.p.Hash.String() {
+				x = &w.st.Transfers[i]
+			}
+		}
+		if x == nil || x.Result != w.res || x.Source != w.src || x.Peer != w.peer {
+			t.Errorf("%s: transfer of %s: %+v; want %s from %s %q", w.st.Name, name, x, w.res, w.src, w.peer)
+		}
+		var row string
+		for _, l := range strings.Split(w.screen, "\n") {
+			if strings.Contains(l, name) {
+				row = l
+			}
+		}
+		for _, c := range w.columns {
+			if !strings.Contains(row, c) {
+				t.Errorf("%s: row of %s %q lacks %q; screen:\n%s", w.st.Name, name, row, c, w.screen)
+			}
+		}
+	}
+	if !strings.Contains(screenB, "verify failures 1") {
+		t.Errorf("B's header lacks the verify failure; screen:\n%s", screenB)
+	}
+}
+
+// top follows the event stream of the daemon at addr with the TUI's own
+// client until the first snapshot, and returns it and the screen the TUI's
+// model draws from it (80x24, no colour, escape sequences stripped).
+func top(t *testing.T, addr string) (*statusapi.Status, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var msg tui.StatusMsg
-	tui.NewClient(b.HTTPAddr().String(), nil).Run(ctx, func(m tui.StatusMsg) {
+	tui.NewClient(addr, nil).Run(ctx, func(m tui.StatusMsg) {
 		if m.Status != nil && msg.Status == nil {
 			msg = m
 			cancel()
 		}
 	})
 	if msg.Status == nil || !msg.Streaming {
-		t.Fatalf("no status from B's event stream (streaming %v)", msg.Streaming)
+		t.Fatalf("no status from the event stream of %s (streaming %v)", addr, msg.Streaming)
 	}
-	var x *statusapi.TransferStatus
-	for i := range msg.Status.Transfers {
-		if msg.Status.Transfers[i].Hash == h {
-			x = &msg.Status.Transfers[i]
-		}
-	}
-	if x == nil || x.Result != statusapi.ResultHashMismatch || x.Source != statusapi.SourcePeer || x.Peer != "a" {
-		t.Fatalf("B's transfer of %s: %+v; want a hash mismatch from peer a", h, x)
-	}
+	m, _ := tui.NewModel(nil, tui.Options{Addr: addr, NoColor: true}).Update(msg)
+	return msg.Status, ansi.Strip(m.(tui.Model).View().Content)
+}
 
-	m := tui.NewModel(nil, tui.Options{Addr: b.HTTPAddr().String(), NoColor: true})
-	next, _ := m.Update(msg)
-	screen := ansi.Strip(next.(tui.Model).View().Content)
-	var row string
-	for _, l := range strings.Split(screen, "\n") {
-		if strings.Contains(l, "liar-0") {
-			row = l
-		}
+// getNAR fetches p's NAR from the binary cache at base, with the URL its
+// narinfo there gives, and tells whether the whole file arrived.
+func getNAR(t *testing.T, base string, p demo.Path) ([]byte, bool) {
+	t.Helper()
+	code, body := httpGet(t, base+"/"+p.Hash.String()+".narinfo")
+	info, err := cache.ParseNarInfo(strings.NewReader(string(body)))
+	if code != http.StatusOK || err != nil {
+		t.Fatalf("narinfo of %s from %s: %d %v", p.Hash, base, code, err)
 	}
-	if !strings.Contains(row, "BAD HASH") || !strings.Contains(row, " a ") {
-		t.Errorf("recent transfer row %q: want BAD HASH from a; screen:\n%s", row, screen)
+	resp, err := http.Get(base + "/" + info.URL)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(screen, "verify failures 1") {
-		t.Errorf("header lacks the verify failure; screen:\n%s", screen)
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	return got, resp.StatusCode == http.StatusOK && err == nil && len(got) == int(cache.FileSize(info))
+}
+
+// narFile is the file of the NAR cache at dir that holds hash's NAR.
+func narFile(t *testing.T, dir, hash string) string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, hash+".narinfo"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer f.Close()
+	info, err := cache.ParseNarInfo(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, info.URL)
 }
 
 // flip inverts one byte of file at off.

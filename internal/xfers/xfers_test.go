@@ -1,4 +1,4 @@
-package transfer
+package xfers
 
 import (
 	"context"
@@ -23,20 +23,19 @@ func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
 // the transfer stalls and shows a speed-up at once.
 func TestTransferRateIsCurrent(t *testing.T) {
 	clk := &fakeClock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
-	ts := &transfers{now: clk.now}
-	ts.init()
-	x := ts.start(cache.Hash{1}, "p", 1<<30)
+	ts := NewTracker(clk.now)
+	x := ts.Start(statusapi.SourcePeer, "0000000000000000000000000000000p", "p", 1<<30)
 
 	const mib = 1 << 20
 	// feed receives rate bytes per second for d, in 50 ms steps.
 	feed := func(rate float64, d time.Duration) {
 		for step := 50 * time.Millisecond; d > 0; d -= step {
 			clk.advance(step)
-			x.add(int64(rate * step.Seconds()))
+			x.Add(int64(rate * step.Seconds()))
 		}
 	}
 	rate := func() float64 {
-		l := ts.list()
+		l := ts.List()
 		if len(l) != 1 {
 			t.Fatalf("%d transfers listed, want 1", len(l))
 		}
@@ -55,25 +54,27 @@ func TestTransferRateIsCurrent(t *testing.T) {
 	feed(4*mib, 10*time.Second)
 	near("steady 4 MiB/s", rate(), 4*mib)
 
-	clk.advance(rateWindow + rateBucket)
+	clk.advance(RateWindow + rateBucket)
 	if got := rate(); got != 0 {
 		t.Errorf("stalled for %v: rate %.2f MiB/s, want 0 (the average since the start is %.2f MiB/s)",
-			rateWindow+rateBucket, got/mib, float64(41*mib)/clk.t.Sub(x.start).Seconds()/mib)
+			RateWindow+rateBucket, got/mib, float64(41*mib)/clk.t.Sub(x.start).Seconds()/mib)
 	}
 
-	feed(16*mib, rateWindow)
+	feed(16*mib, RateWindow)
 	near("sped up to 16 MiB/s", rate(), 16*mib)
 
 	// Half the window later, at 8 MiB/s: the window holds half of each.
-	feed(8*mib, rateWindow/2)
+	feed(8*mib, RateWindow/2)
 	near("slowed to 8 MiB/s for half the window", rate(), 12*mib)
 
 	// A finished transfer's rate is its average.
+	x.mu.Lock()
 	done := x.done
+	x.mu.Unlock()
 	elapsed := clk.t.Sub(x.start).Seconds()
-	x.finish(nil)
+	x.Finish(nil)
 	clk.advance(time.Minute)
-	l := ts.list()
+	l := ts.List()
 	if len(l) != 1 || l[0].Result != statusapi.ResultOK {
 		t.Fatalf("after finish: %+v", l)
 	}
@@ -113,8 +114,34 @@ func TestTransferResult(t *testing.T) {
 		{fmt.Errorf("NAR x: write: %w", context.Canceled), statusapi.ResultCanceled},
 		{errors.New("no peer left"), statusapi.ResultFailed},
 	} {
-		if got := result(c.err); got != c.want {
-			t.Errorf("result(%v) = %q, want %q", c.err, got, c.want)
+		if got := Result(c.err); got != c.want {
+			t.Errorf("Result(%v) = %q, want %q", c.err, got, c.want)
 		}
+	}
+}
+
+// A discarded transfer is not listed; the recent list keeps the newest.
+func TestTrackerLists(t *testing.T) {
+	clk := &fakeClock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
+	ts := NewTracker(clk.now)
+	ts.Start(statusapi.SourcePeer, "gone", "gone", 10).Discard()
+	for i := range Recent + 5 {
+		clk.advance(time.Second)
+		ts.Start(statusapi.SourceCache, fmt.Sprint(i), "p", 10).Finish(nil)
+	}
+	clk.advance(time.Second)
+	active := ts.Start(statusapi.SourcePeer, "active", "a", 10)
+	l := ts.List()
+	if len(l) != 1+Recent || l[0].Hash != "active" || !l[0].Finished.IsZero() || l[1].Hash != fmt.Sprint(Recent+4) {
+		t.Fatalf("listed %d transfers, first %q then %q", len(l), l[0].Hash, l[1].Hash)
+	}
+	for _, s := range l {
+		if s.Hash == "gone" {
+			t.Fatal("a discarded transfer is listed")
+		}
+	}
+	active.Finish(errors.New("boom"))
+	if l := ts.List(); l[0].Hash != "active" || l[0].Result != statusapi.ResultFailed || l[0].Error != "boom" {
+		t.Fatalf("after finish: %+v", l[0])
 	}
 }

@@ -114,12 +114,13 @@ func findPeer(st *lancache.Status, name string) *lancache.PeerStatus {
 	return nil
 }
 
-// findTransfer returns the newest transfer of the store path hash h in st.
+// findTransfer returns the newest transfer from a peer of the store path
+// hash h in st.
 func findTransfer(st *lancache.Status, h string) *lancache.TransferStatus {
 	var best *lancache.TransferStatus
 	for i := range st.Transfers {
 		x := &st.Transfers[i]
-		if x.Hash == h && (best == nil || x.Started.After(best.Started)) {
+		if x.Hash == h && x.Source == statusapi.SourcePeer && (best == nil || x.Started.After(best.Started)) {
 			best = x
 		}
 	}

@@ -2,10 +2,13 @@ package lancache
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync/atomic"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/internal/xfers"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // countingSource counts the file bytes a source writes: wrapped around the
@@ -29,5 +32,46 @@ type countingWriter struct {
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n.Add(uint64(n))
+	return n, err
+}
+
+// trackedSource records each NAR a local source (store, NAR cache,
+// upstream) serves to Nix, for the status API's transfers. The peer
+// transport records its own, with the peers it used.
+type trackedSource struct {
+	cache.Source
+	kind statusapi.Source
+	t    *xfers.Tracker
+}
+
+func (s trackedSource) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, offset, length int64) error {
+	h, err := info.Hash()
+	if err != nil {
+		return s.Source.WriteNAR(ctx, w, info, offset, length)
+	}
+	size := length
+	if size < 0 {
+		size = cache.FileSize(info) - offset
+	}
+	tw := &trackingWriter{w: w, x: s.t.Start(s.kind, h.String(), info.Name(), size)}
+	err = s.Source.WriteNAR(ctx, tw, info, offset, length)
+	if errors.Is(err, cache.ErrNotFound) && tw.n == 0 {
+		tw.x.Discard() // not there after all: no transfer happened
+		return err
+	}
+	tw.x.Finish(err)
+	return err
+}
+
+type trackingWriter struct {
+	w io.Writer
+	x *xfers.Transfer
+	n int64
+}
+
+func (t *trackingWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	t.n += int64(n)
+	t.x.Add(int64(n))
 	return n, err
 }

@@ -62,7 +62,7 @@
         let pkgs = nixpkgs.legacyPackages.${system};
         in {
           default = pkgs.mkShell {
-            packages = [ (pkgs.go_1_26 or pkgs.go) pkgs.gopls pkgs.gotools ]
+            packages = [ (pkgs.go_1_26 or pkgs.go) pkgs.gopls pkgs.gotools pkgs.xz pkgs.zstd pkgs.bzip2 ]
               ++ nixpkgs.lib.optionals pkgs.stdenv.isLinux [ pkgs.dpkg pkgs.iproute2 ];
             env.CGO_ENABLED = "0";
           };

@@ -6,6 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lancache/lancache/statusapi"
 )
 
 // metricsCollector exposes the node's status as Prometheus metrics, read at
@@ -66,12 +68,12 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.verifyFail, t.VerificationFailures)
 	counter(c.narFail, t.NarFailures)
 	counter(c.badReq, t.BadRequests)
-	states := map[string]int{"connected": 0}
+	states := map[statusapi.PeerState]int{statusapi.StateConnected: 0}
 	for _, p := range s.Peers {
 		states[p.State]++
 	}
 	for st, k := range states {
-		gauge(c.peers, float64(k), st)
+		gauge(c.peers, float64(k), string(st))
 	}
 	gauge(c.storePaths, float64(s.StorePaths))
 	gauge(c.sharedPaths, float64(s.SharedPaths))
@@ -82,7 +84,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	active := 0
 	for _, tr := range s.Transfers {
-		if tr.Result == "" {
+		if tr.Active() {
 			active++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,8 @@ import (
 	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/cache/narcache"
 	"github.com/lancache/lancache/discovery"
+	"github.com/lancache/lancache/internal/xfers"
+	"github.com/lancache/lancache/statusapi"
 	"github.com/lancache/lancache/transfer"
 	"github.com/lancache/lancache/transfer/upstream"
 )
@@ -69,6 +72,7 @@ type Node struct {
 	disk   *narcache.Cache    // nil: no --cache-dir
 	up     *upstream.Upstream // nil: no --upstream
 	peers  *transfer.Node
+	local  *xfers.Tracker       // NARs served to Nix from store, disk cache and upstream
 	mdns   *discovery.Discovery // nil: --no-mdns
 
 	bytesFromPeers, bytesToPeers atomic.Uint64
@@ -112,6 +116,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		inv:    cache.NewInventory(),
 		ready:  make(chan struct{}),
 		sse:    make(chan struct{}, maxEventClients),
+		local:  xfers.NewTracker(nil),
 	}
 	built := false
 	defer func() {
@@ -200,12 +205,20 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("mDNS discovery: %w", err)
 		}
 	}
-	sources = append(sources, countingSource{tn, &n.bytesFromPeers})
-	// The order is the cost order: local disk, then the LAN, then the WAN.
-	if n.up != nil {
-		sources = append(sources, n.up)
+	// Nix's sources, in cost order: local disk, then the LAN, then the WAN.
+	// Transfers from the local ones are recorded here, the peers' by tn.
+	var nix []cache.Source
+	if n.store != nil {
+		nix = append(nix, trackedSource{n.store, statusapi.SourceStore, n.local})
 	}
-	n.handler = cache.NewHandler(cache.HandlerConfig{Logger: cfg.Logger}, sources...)
+	if n.disk != nil {
+		nix = append(nix, trackedSource{n.disk, statusapi.SourceCache, n.local})
+	}
+	nix = append(nix, countingSource{tn, &n.bytesFromPeers})
+	if n.up != nil {
+		nix = append(nix, trackedSource{n.up, statusapi.SourceUpstream, n.local})
+	}
+	n.handler = cache.NewHandler(cache.HandlerConfig{Logger: cfg.Logger}, nix...)
 	built = true
 	return n, nil
 }
@@ -381,21 +394,7 @@ func (n *Node) Status() Status {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
-	for _, t := range n.peers.Transfers() {
-		end := t.Finished
-		if end.IsZero() {
-			end = time.Now()
-		}
-		result := t.Result
-		if t.Finished.IsZero() {
-			result = ""
-		}
-		s.Transfers = append(s.Transfers, TransferStatus{
-			Hash: t.Hash, Name: t.Name, Source: "peer", Peer: firstNonEmpty(t.PeerName, t.Peer),
-			BytesDone: t.BytesDone, BytesTotal: t.BytesTotal, RateBps: t.Rate,
-			Started: t.Started, Result: result, ElapsedSecs: end.Sub(t.Started).Seconds(), Failovers: t.Failovers,
-		})
-	}
+	s.Transfers = transfersStatus(time.Now(), n.peers.Transfers(), n.local.List())
 	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())
 	s.Totals.BytesFromPeers = n.bytesFromPeers.Load()
 	s.Totals.BytesServedToPeers = n.bytesToPeers.Load()
@@ -406,6 +405,38 @@ func (n *Node) Status() Status {
 	s.Totals.NarFailures = st.NarFailures.Load()
 	s.Totals.BadRequests = st.BadRequests.Load()
 	return s
+}
+
+// transfersStatus merges the transfer lists of the peer transport and the
+// local sources: the active ones, newest first, then up to xfers.Recent
+// finished ones, most recently finished first.
+func transfersStatus(now time.Time, lists ...[]xfers.Status) []TransferStatus {
+	var active, done []xfers.Status
+	for _, l := range lists {
+		for _, t := range l {
+			if t.Result == statusapi.ResultActive {
+				active = append(active, t)
+			} else {
+				done = append(done, t)
+			}
+		}
+	}
+	slices.SortFunc(active, func(a, b xfers.Status) int { return b.Started.Compare(a.Started) })
+	slices.SortFunc(done, func(a, b xfers.Status) int { return b.Finished.Compare(a.Finished) })
+	out := make([]TransferStatus, 0, len(active)+min(len(done), xfers.Recent))
+	for _, t := range append(active, done[:min(len(done), xfers.Recent)]...) {
+		end := t.Finished
+		if end.IsZero() {
+			end = now
+		}
+		out = append(out, TransferStatus{
+			Hash: t.Hash, Name: t.Name, Source: t.Source, Peer: firstNonEmpty(t.PeerName, t.Peer),
+			BytesDone: t.BytesDone, BytesTotal: t.BytesTotal, RateBps: t.Rate,
+			Started: t.Started, Result: t.Result, Error: t.Error, ElapsedSecs: end.Sub(t.Started).Seconds(),
+			Failovers: t.Failovers,
+		})
+	}
+	return out
 }
 
 func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
@@ -443,11 +474,11 @@ func (n *Node) routes() http.Handler {
 		}
 		var h http.Handler
 		switch r.URL.Path {
-		case "/_lancache/status":
+		case statusapi.StatusPath:
 			h = http.HandlerFunc(n.serveStatus)
-		case "/_lancache/events":
+		case statusapi.EventsPath:
 			h = http.HandlerFunc(n.serveEvents)
-		case "/metrics":
+		case statusapi.MetricsPath:
 			h = metrics
 		default:
 			n.handler.ServeHTTP(w, r) // checks methods and paths itself

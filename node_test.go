@@ -123,12 +123,10 @@ func TestNodesServeEachOther(t *testing.T) {
 	if code != 200 || v.Close() != nil {
 		t.Fatalf("NAR via peer: %d, %d bytes, verify %v", code, len(nar), v.Close())
 	}
-	start := time.Now()
+	// A miss is a 404. (It is fast because no peer offers it, so none is
+	// asked; a clock on a shared CI machine would not prove that.)
 	if code, _ := httpGet(t, base+"/00000000000000000000000000000000.narinfo"); code != 404 {
 		t.Fatalf("miss: %d", code)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("miss took %v", d)
 	}
 
 	// Status JSON carries the documented fields.

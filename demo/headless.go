@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+
+	"github.com/lancache/lancache/statusapi"
 )
 
 // Report prints one status line per node to w every interval until ctx is
@@ -30,12 +32,12 @@ func (d *Demo) PrintStatus(w io.Writer) {
 		s := n.Status()
 		connected, active := 0, 0
 		for _, p := range s.Peers {
-			if p.State == "connected" {
+			if p.State == statusapi.StateConnected {
 				connected++
 			}
 		}
 		for _, t := range s.Transfers {
-			if t.Result == "" {
+			if t.Active() {
 				active++
 			}
 		}

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lancache/lancache/internal/syncbuf"
 )
 
 // TestAppliance runs `lancache serve --store-root none --cache-dir ...
@@ -453,7 +455,7 @@ func copyConcurrently(t *testing.T, clients []*host, key, url string, paths ...s
 // bgCmd is a command running in the background of a test.
 type bgCmd struct {
 	cmd    *exec.Cmd
-	stderr syncBuffer
+	stderr syncbuf.Buffer
 	done   chan struct{}
 	err    error
 }

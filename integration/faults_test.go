@@ -305,7 +305,7 @@ func testStalledPeer(t *testing.T, fx *storeFixture, subnet int) {
 		t.Fatalf("a's relay never stalled (%d bytes through): b did not fetch from a first", ra.down.Load())
 	}
 	st := mustStatusOf(t, db)
-	x := findTransferOf(st, hashPart(fx.EdgeCases))
+	x := findTransfer(st, hashPart(fx.EdgeCases))
 	t.Logf("a stalled after 1 MiB; the copy took %v; transfer %+v", took.Round(time.Millisecond), x)
 	if x == nil || x.Result != "ok" || x.Peer != "c" {
 		t.Errorf("transfer of %s: %+v; want ok, finished by c", fx.EdgeCases, x)
@@ -409,17 +409,6 @@ func testGarbagePeer(t *testing.T, fx *storeFixture, subnet int) {
 }
 
 func bigOne() *big.Int { return big.NewInt(1) }
-
-// findTransferOf returns the newest transfer of the store path hash h.
-func findTransferOf(st *lancache.Status, h string) *lancache.TransferStatus {
-	var best *lancache.TransferStatus
-	for i := range st.Transfers {
-		if x := &st.Transfers[i]; x.Hash == h && (best == nil || x.Started.After(best.Started)) {
-			best = x
-		}
-	}
-	return best
-}
 
 // frame is one frame of the peer protocol (see transfer/wire.go).
 func frame(typ byte, payload []byte) []byte {

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/lancache/lancache/internal/syncbuf"
 )
 
 const (
@@ -539,7 +541,7 @@ type daemon struct {
 	Addr   string // HTTP listen address, 127.0.0.1:port
 	URL    string // http://Addr
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	exited chan struct{}
 	client *http.Client
 
@@ -628,7 +630,7 @@ func startProcess(t testing.TB, args, env []string, prog ...string) *daemon {
 	t.Helper()
 	d := &daemon{
 		t:      t,
-		out:    &syncBuffer{},
+		out:    &syncbuf.Buffer{},
 		exited: make(chan struct{}),
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}},
 	}
@@ -837,23 +839,4 @@ func serveHTTP(t testing.TB, ln net.Listener, handler http.Handler) (stop func()
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a
-// process's stdout and stderr.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

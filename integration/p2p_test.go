@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // The acceptance tests of peer-to-peer transfer (issue 3): three hosts on a
@@ -113,12 +114,13 @@ func findPeer(st *lancache.Status, name string) *lancache.PeerStatus {
 	return nil
 }
 
-// findTransfer returns the newest transfer of the store path hash h in st.
+// findTransfer returns the newest transfer from a peer of the store path
+// hash h in st.
 func findTransfer(st *lancache.Status, h string) *lancache.TransferStatus {
 	var best *lancache.TransferStatus
 	for i := range st.Transfers {
 		x := &st.Transfers[i]
-		if x.Hash == h && (best == nil || x.Started.After(best.Started)) {
+		if x.Hash == h && x.Source == statusapi.SourcePeer && (best == nil || x.Started.After(best.Started)) {
 			best = x
 		}
 	}
@@ -485,7 +487,7 @@ func TestPeerCorruption(t *testing.T) {
 		if st.Totals.VerificationFailures == 0 {
 			t.Errorf("h2 verification_failures = 0 after h1 sent a corrupt NAR")
 		}
-		if x := findTransfer(st, hashPart(p)); x == nil || x.Peer != "h1" || x.Result != "hash mismatch" {
+		if x := findTransfer(st, hashPart(p)); x == nil || x.Peer != "h1" || x.Result != statusapi.ResultHashMismatch {
 			t.Errorf("h2 transfer of %s: %+v; want a hash mismatch from h1", p, x)
 		}
 	})
@@ -553,14 +555,18 @@ func lastLine(s string) string {
 
 // TestDuplicateConnectionKeepsTransfers guards against a bug found here:
 // two nodes that are each other's static peers, started one after the
-// other. The first node's dial to the second
-// is pending (QUIC retransmits its Initial) when the second comes up and
-// dials the first; that session carries a NAR transfer when the pending dial
-// completes. It used to win the id tie-break and cancel the session in
-// use, failing its streams with "duplicate connection" (and, with the
-// inventory briefly gone, answering narinfo lookups 404). A dial that finds
-// a live session to the same id now gives way. The node ids are learned
-// first so that the new connection is the one that would have won.
+// other. The first node's dial to the second is pending (QUIC retransmits
+// its Initial) when the second comes up and dials the first; that session
+// carries a NAR transfer when the pending dial completes. It used to win
+// the id tie-break and cancel the session in use, failing its streams with
+// "duplicate connection" (and, with the inventory briefly gone, answering
+// narinfo lookups 404). A dial that finds a live session to the same id
+// now gives way. The node ids are learned first so that the new connection
+// is the one that would have won.
+//
+// The holder reaches the fetcher through a relay that drops everything
+// until the test opens it, so the holder's dial is pending for as long as
+// the test needs, whatever the machine's load: no timing is involved.
 func TestDuplicateConnectionKeepsTransfers(t *testing.T) {
 	requireNix(t)
 	requireNetns(t)
@@ -584,20 +590,34 @@ func TestDuplicateConnectionKeepsTransfers(t *testing.T) {
 		ids[i] = mustStatus(t, d).ID
 		d.Stop(syscall.SIGTERM)
 	}
-	// The first node's late dial wins when its id is the smaller one.
+	// The holder's late dial wins when its id is the smaller one.
 	first, second := 0, 1
 	if ids[1] < ids[0] {
 		first, second = 1, 0
 	}
 	holder, fetcher := hs[first], hs[second]
-	holder.startDaemon(t, nsServe{StoreRoot: root, StateDir: states[first], Keys: keys, Args: peerArgs(fetcher)})
-	holderStart := time.Now()
-	// Its dial to the fetcher is now pending: quic-go retransmits the
-	// Initial (at about 0.3, 0.9, 2.1 and 4.5 s) until the handshake idle
-	// timeout (5 s). Start the fetcher between two retransmissions.
-	time.Sleep(1200 * time.Millisecond)
+	gate := startRelay(t, fetcher, quicPeer(fetcher), 0, 0, 0)
+	gate.stalled.Store(true) // closed: the holder's dial stays pending
+	dh := holder.startDaemon(t, nsServe{StoreRoot: root, StateDir: states[first], Keys: keys, Args: []string{"--peer", gate.Addr()}})
 	df := fetcher.startDaemon(t, nsServe{StateDir: states[second], Keys: keys, Args: peerArgs(holder)})
 	waitPeerConnected(t, df, holder.Name)
+	// dialPending tells whether the holder still lists its own dial to the
+	// fetcher apart from the session the fetcher dialed.
+	dialPending := func() bool {
+		st := mustStatus(t, dh)
+		for _, p := range st.Peers {
+			if p.Address == gate.Addr() && p.ID == "" {
+				return true
+			}
+		}
+		if len(st.Peers) != 1 || st.Peers[0].ID != ids[second] || st.Peers[0].State != statusapi.StateConnected {
+			t.Fatalf("holder's peers: %+v; want one, the fetcher, connected", st.Peers)
+		}
+		return false
+	}
+	if !dialPending() {
+		t.Fatal("the holder's dial through the closed relay completed")
+	}
 
 	c := fetcher.httpClient(2 * time.Minute)
 	defer c.CloseIdleConnections()
@@ -620,21 +640,36 @@ func TestDuplicateConnectionKeepsTransfers(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		t.Fatalf("GET %s right after the narinfo answered 200: %s %q (the holder's inventory was gone while its duplicate connection replaced the session)", one(ni, "URL"), resp.Status, body)
 	}
-	// Read slowly until the pending dial has surely completed or given up,
-	// so the transfer is in flight when it does, then at full speed.
+	// The transfer is in flight (its first MiB is here, the rest waits on
+	// flow control): open the relay, and read on slowly, a chunk per look
+	// at the holder's status, until the holder's dial has completed.
 	h := sha256.New()
-	slowUntil := holderStart.Add(6 * time.Second)
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, 64<<10)
 	var n int64
-	for time.Now().Before(slowUntil) {
+	read := func() {
 		k, err := io.ReadFull(resp.Body, buf)
 		h.Write(buf[:k])
 		n += int64(k)
 		if err != nil {
 			t.Fatalf("NAR after %d bytes: %v", n, err)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	for n < 1<<20 {
+		read()
+	}
+	gate.stalled.Store(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for dialPending() {
+		if time.Now().After(deadline) {
+			t.Fatal("the holder's dial through the open relay did not complete within 30s")
+		}
+		if n+int64(len(buf)) >= int64(want.NarSize) {
+			t.Fatalf("the NAR (%d bytes) was read before the holder's dial completed: the test did not cover its point", want.NarSize)
+		}
+		read()
+		time.Sleep(20 * time.Millisecond) // pace the reading, not a timing claim
+	}
+	t.Logf("the holder's dial completed after %d of %d bytes", n, want.NarSize)
 	k, err := io.Copy(h, resp.Body)
 	n += k
 	if err != nil {

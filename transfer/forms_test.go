@@ -17,6 +17,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // compressible returns n bytes of text-like data that zstd shrinks.
@@ -149,7 +150,7 @@ func TestAnyHolderAnyForm(t *testing.T) {
 				if n := servedNarInfos(a, b) - before; n != 0 {
 					t.Fatalf("the NAR request cost %d narinfo requests to peers", n)
 				}
-				if ts := c.Transfers(); ts[0].Peer != b.ID() || ts[0].Result != ResultOK {
+				if ts := c.Transfers(); ts[0].Peer != b.ID() || ts[0].Result != statusapi.ResultOK {
 					t.Fatalf("transfer %+v", ts[0])
 				}
 				// A resume (Range) from the compressed holder decodes there.

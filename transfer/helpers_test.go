@@ -18,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // memSource is a cache.Source over files in memory, with faults to inject.
@@ -35,7 +36,11 @@ type memPath struct {
 	failAt    int64
 	failures  int
 	freshOnly bool // only requests from byte 0 fail
-	served    int  // requests answered
+	// gate, if set, makes a failing request wait at failAt until it is
+	// closed, so that a test can see the bytes before failAt arrive before
+	// the failure resets the stream (which discards bytes in flight).
+	gate   chan struct{}
+	served int // requests answered
 }
 
 func newMemSource() *memSource { return &memSource{paths: make(map[cache.Hash]*memPath)} }
@@ -97,6 +102,12 @@ func (m *memSource) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarIn
 		pos += n
 	}
 	if fail {
+		if p.gate != nil {
+			select {
+			case <-p.gate:
+			case <-ctx.Done():
+			}
+		}
 		return errInjected
 	}
 	return nil
@@ -221,7 +232,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func connected(n *testNode, ids ...string) bool {
 	have := make(map[string]bool)
 	for _, p := range n.Peers() {
-		if p.State == StateConnected {
+		if p.State == statusapi.StateConnected {
 			have[p.ID] = true
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // Config configures a Node. Zero durations and limits take the defaults
@@ -216,8 +217,8 @@ type target struct {
 	cancel   context.CancelFunc // nil until its loop runs
 
 	// guarded by Node.mu
-	id      string // learned from the first connection
-	state   string
+	id      string              // learned from the first connection
+	state   statusapi.PeerState // "" until first dialed
 	lastErr string
 }
 
@@ -398,7 +399,7 @@ func (n *Node) AddPeer(addr, expectedID string) {
 		t.expectID = expectedID
 		return
 	}
-	t := &target{addr: addr, expectID: expectedID, state: "new"}
+	t := &target{addr: addr, expectID: expectedID}
 	n.targets[addr] = t
 	n.startTargetLocked(t)
 }
@@ -438,7 +439,7 @@ func (n *Node) startTargetLocked(t *target) {
 	n.wg.Go(func() { n.dialLoop(ctx, t) })
 }
 
-func (n *Node) setTarget(t *target, state string, err error) {
+func (n *Node) setTarget(t *target, state statusapi.PeerState, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	t.state = state
@@ -475,7 +476,7 @@ func (n *Node) dialLoop(ctx context.Context, t *target) {
 				t.id = s.id // the peer dialed first: status shows one entry
 			}
 			n.mu.Unlock()
-			n.setTarget(t, StateConnected, nil)
+			n.setTarget(t, statusapi.StateConnected, nil)
 			select {
 			case <-s.done:
 				continue
@@ -483,13 +484,13 @@ func (n *Node) dialLoop(ctx context.Context, t *target) {
 				return
 			}
 		}
-		n.setTarget(t, StateConnecting, nil)
+		n.setTarget(t, statusapi.StateConnecting, nil)
 		s, err := n.dial(ctx, t)
 		if err == nil {
 			n.mu.Lock()
 			t.id = s.id
 			n.mu.Unlock()
-			n.setTarget(t, StateConnected, nil)
+			n.setTarget(t, statusapi.StateConnected, nil)
 			lastErr = ""
 			s.run()
 			if time.Since(s.since) >= stableSession {
@@ -504,7 +505,7 @@ func (n *Node) dialLoop(ctx context.Context, t *target) {
 		if isDuplicate(err) {
 			continue // the peer's own connection won; wait on it
 		}
-		n.setTarget(t, StateBackoff, err)
+		n.setTarget(t, statusapi.StateBackoff, err)
 		if err.Error() != lastErr {
 			// Say it once, not at every redial.
 			n.logDialError(t, err)

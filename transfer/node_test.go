@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 func TestInventoryConverges(t *testing.T) {
@@ -140,26 +142,28 @@ func TestDuplicateConnections(t *testing.T) {
 	b := startNode(t, "b", nil, nil)
 	connect(a, b)
 	connect(b, a)
-	waitFor(t, "connected", func() bool { return connected(a, b.ID()) && connected(b, a.ID()) })
-	// Both ends keep the same single connection.
-	time.Sleep(300 * time.Millisecond)
-	for _, n := range []*testNode{a, b} {
-		n.mu.Lock()
-		ns := len(n.sessions)
-		n.mu.Unlock()
-		if ns != 1 {
-			t.Fatalf("%s has %d sessions", n.cfg.Name, ns)
+	// Both ends settle on the same single connection: one session each, on
+	// the connection one of them dialed, and both dial loops idle on it (no
+	// dial in flight that could add another).
+	settled := func() bool {
+		var ss []*session
+		for _, n := range []*testNode{a, b} {
+			n.mu.Lock()
+			idle := len(n.sessions) == 1 && len(n.targets) == 1
+			for _, s := range n.sessions {
+				ss = append(ss, s)
+			}
+			for _, tg := range n.targets {
+				idle = idle && tg.state == statusapi.StateConnected && tg.id != "" && n.sessions[tg.id] != nil
+			}
+			n.mu.Unlock()
+			if !idle {
+				return false
+			}
 		}
+		return ss[0].dialerID() == ss[1].dialerID()
 	}
-	a.mu.Lock()
-	sa := a.sessions[b.ID()]
-	a.mu.Unlock()
-	b.mu.Lock()
-	sb := b.sessions[a.ID()]
-	b.mu.Unlock()
-	if sa.dialerID() != sb.dialerID() {
-		t.Fatalf("ends kept different connections: dialed by %s and %s", sa.dialerID(), sb.dialerID())
-	}
+	waitFor(t, "one connection kept by both ends", settled)
 }
 
 func TestFleet(t *testing.T) {
@@ -187,7 +191,7 @@ func TestFleet(t *testing.T) {
 			connect(b, a)
 			waitFor(t, "refusal", func() bool {
 				ps := b.Peers()
-				return len(ps) == 1 && ps[0].State == StateBackoff && ps[0].LastError != ""
+				return len(ps) == 1 && ps[0].State == statusapi.StateBackoff && ps[0].LastError != ""
 			})
 			if ps := a.Peers(); len(ps) != 0 {
 				t.Fatalf("a lists peers %+v", ps)
@@ -204,7 +208,7 @@ func TestPinnedID(t *testing.T) {
 	b.AddPeer(a.LocalAddr().String(), c.ID()) // a is not c
 	waitFor(t, "refusal", func() bool {
 		ps := b.Peers()
-		return len(ps) == 1 && ps[0].State == StateBackoff
+		return len(ps) == 1 && ps[0].State == statusapi.StateBackoff
 	})
 	if ps := a.Peers(); len(ps) != 0 {
 		t.Fatalf("a lists peers %+v", ps)
@@ -358,7 +362,7 @@ func TestFetch(t *testing.T) {
 		t.Fatal("fetched bytes or narinfo differ")
 	}
 	ts := b.Transfers()
-	if len(ts) != 1 || ts[0].Result != ResultOK || ts[0].BytesDone != int64(len(data)) || ts[0].Peer != a.ID() {
+	if len(ts) != 1 || ts[0].Result != statusapi.ResultOK || ts[0].BytesDone != int64(len(data)) || ts[0].Peer != a.ID() {
 		t.Fatalf("transfers: %+v", ts)
 	}
 	var ps PeerStatus
@@ -367,7 +371,7 @@ func TestFetch(t *testing.T) {
 			ps = p
 		}
 	}
-	if ps.BytesIn < int64(len(data)) || ps.Paths != 3 || ps.Name != "a" || ps.State != StateConnected {
+	if ps.BytesIn < int64(len(data)) || ps.Paths != 3 || ps.Name != "a" || ps.State != statusapi.StateConnected {
 		t.Fatalf("peer status: %+v", ps)
 	}
 
@@ -436,7 +440,7 @@ func TestFailoverResumes(t *testing.T) {
 		t.Fatal("resumed stream differs")
 	}
 	ts := b.Transfers()
-	if len(ts) != 1 || ts[0].Failovers != 1 || ts[0].Result != ResultOK {
+	if len(ts) != 1 || ts[0].Failovers != 1 || ts[0].Result != statusapi.ResultOK {
 		t.Fatalf("transfers: %+v", ts)
 	}
 	if pa.served+pc.served != 2 {
@@ -454,24 +458,50 @@ func TestFailoverResumes(t *testing.T) {
 	checkGoroutines(t, base)
 }
 
+// A file above the verify-first limit streams to the caller as it
+// verifies, keeping back its last holdBack bytes. Its only holder sends
+// the file up to its last byte and fails: although the bytes of the tail
+// have arrived, the caller gets every byte before the tail and none of it,
+// and a plain error (no blame).
 func TestFailoverWhenAllFail(t *testing.T) {
 	key := newTestKey(t, "test-1")
+	const size = 1<<20 + 1000
 	a := startNode(t, "a", &key, nil)
-	b := startNode(t, "b", &key, nil)
-	info, data := makePath(t, &key, "big", 1<<20)
+	b := startNode(t, "b", &key, func(c *Config) { c.VerifyFirstMax = size / 4 })
+	info, data := makePath(t, &key, "big", size)
+	if cache.FileSize(info) <= b.cfg.VerifyFirstMax {
+		t.Fatalf("file of %d bytes is not above the verify-first limit %d", cache.FileSize(info), b.cfg.VerifyFirstMax)
+	}
 	pa := a.share(info, data)
-	pa.failAt, pa.failures = 1000, -1
+	pa.failAt, pa.failures, pa.gate = size-1, -1, make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(pa.gate) }) }
+	t.Cleanup(release)
 	connect(b, a)
 	h := hashOf(t, info)
 	waitFor(t, "inventory", func() bool { return offers(b, a.ID(), h) })
+
 	var buf bytes.Buffer
-	err := b.WriteNAR(context.Background(), &buf, info, 0, -1)
+	done := make(chan error, 1)
+	go func() { done <- b.WriteNAR(context.Background(), &buf, info, 0, -1) }()
+	cut := int64(size - holdBack)
+	waitFor(t, "bytes of the tail received", func() bool {
+		ts := b.Transfers()
+		return len(ts) == 1 && ts[0].BytesDone > cut
+	})
+	release()
+	err := <-done
 	if err == nil || errors.Is(err, cache.ErrHashMismatch) {
 		t.Fatalf("WriteNAR = %v, want a plain failure", err)
 	}
-	// The caller never got the whole range, and never the held-back tail.
-	if buf.Len() >= len(data) {
-		t.Fatalf("caller got %d bytes", buf.Len())
+	if buf.Len() != int(cut) || !bytes.Equal(buf.Bytes(), data[:cut]) {
+		t.Fatalf("caller got %d bytes (a prefix of the file: %v), want the %d before the held-back tail",
+			buf.Len(), bytes.HasPrefix(data, buf.Bytes()), cut)
+	}
+	for _, p := range b.Peers() {
+		if !p.BlocklistedUntil.IsZero() {
+			t.Fatalf("peer blocklisted after a plain failure: %+v", p)
+		}
 	}
 }
 
@@ -510,7 +540,7 @@ func TestCorruptionBlocklists(t *testing.T) {
 	if !blocked {
 		t.Fatalf("a not reported blocklisted: %+v", b.Peers())
 	}
-	if ts := b.Transfers(); ts[0].Result != ResultMismatch {
+	if ts := b.Transfers(); ts[0].Result != statusapi.ResultHashMismatch {
 		t.Fatalf("transfer result %q", ts[0].Result)
 	}
 
@@ -566,7 +596,7 @@ func TestCorruptionRoutedAroundInOneResponse(t *testing.T) {
 			t.Fatal("a not blocklisted")
 		}
 	}
-	if ts := b.Transfers(); ts[0].Result != ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
+	if ts := b.Transfers(); ts[0].Result != statusapi.ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
 		t.Fatalf("transfer %+v", ts[0])
 	}
 }

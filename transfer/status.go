@@ -1,39 +1,31 @@
 package transfer
 
 import (
-	"errors"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/lancache/lancache/cache"
-)
-
-// Peer states in PeerStatus.
-const (
-	StateConnected  = "connected"
-	StateConnecting = "connecting"
-	StateBackoff    = "backoff" // unreachable or refused; redialing later
+	"github.com/lancache/lancache/internal/xfers"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // PeerStatus describes one peer for the status API and the TUI.
 type PeerStatus struct {
-	ID               string        `json:"id,omitempty"` // empty until first connected
-	Name             string        `json:"name,omitempty"`
-	Addr             string        `json:"addr"`
-	State            string        `json:"state"`
-	Dialed           bool          `json:"dialed"` // this node dialed it (a static peer)
-	RTT              time.Duration `json:"rtt_ns"`
-	Paths            int           `json:"paths"` // paths it advertises
-	BytesIn          int64         `json:"bytes_in"`
-	BytesOut         int64         `json:"bytes_out"`
-	Active           int           `json:"active"` // requests in flight to it
-	ConnectedSince   time.Time     `json:"connected_since,omitzero"`
-	HashMismatches   int           `json:"hash_mismatches,omitempty"`
-	BlocklistedUntil time.Time     `json:"blocklisted_until,omitzero"`
-	LastError        string        `json:"last_error,omitempty"`
+	ID               string              `json:"id,omitempty"` // empty until first connected
+	Name             string              `json:"name,omitempty"`
+	Addr             string              `json:"addr"`
+	State            statusapi.PeerState `json:"state"`
+	Dialed           bool                `json:"dialed"` // this node dialed it (a static peer)
+	RTT              time.Duration       `json:"rtt_ns"`
+	Paths            int                 `json:"paths"` // paths it advertises
+	BytesIn          int64               `json:"bytes_in"`
+	BytesOut         int64               `json:"bytes_out"`
+	Active           int                 `json:"active"` // requests in flight to it
+	ConnectedSince   time.Time           `json:"connected_since,omitzero"`
+	HashMismatches   int                 `json:"hash_mismatches,omitempty"`
+	BlocklistedUntil time.Time           `json:"blocklisted_until,omitzero"`
+	LastError        string              `json:"last_error,omitempty"`
 }
 
 // Peers lists the connected peers and the static peers not connected, by
@@ -48,7 +40,7 @@ func (n *Node) Peers() []PeerStatus {
 			ID:             s.id,
 			Name:           s.name,
 			Addr:           s.addr.String(),
-			State:          StateConnected,
+			State:          statusapi.StateConnected,
 			Dialed:         s.dialed,
 			RTT:            s.conn.ConnectionStats().SmoothedRTT,
 			Paths:          n.idx.paths(s.slot),
@@ -69,8 +61,8 @@ func (n *Node) Peers() []PeerStatus {
 			continue
 		}
 		st := t.state
-		if st != StateBackoff {
-			st = StateConnecting
+		if st != statusapi.StateBackoff {
+			st = statusapi.StateConnecting
 		}
 		out = append(out, PeerStatus{ID: t.id, Addr: t.addr, State: st, Dialed: true, LastError: t.lastErr})
 	}
@@ -84,7 +76,7 @@ func (n *Node) Peers() []PeerStatus {
 	}
 	n.mu.Unlock()
 	slices.SortFunc(out, func(a, b PeerStatus) int {
-		if c := strings.Compare(a.State, b.State); c != 0 {
+		if c := strings.Compare(string(a.State), string(b.State)); c != 0 {
 			return c
 		}
 		if c := strings.Compare(a.Name, b.Name); c != 0 {
@@ -99,136 +91,27 @@ func (n *Node) Peers() []PeerStatus {
 // verification since the node started.
 func (n *Node) HashMismatches() int64 { return n.mismatches.Load() }
 
-// Transfer results in TransferStatus.
-const (
-	ResultActive   = "active"
-	ResultOK       = "ok"
-	ResultMismatch = "hash mismatch"
-	ResultFailed   = "failed"
-)
-
 // TransferStatus describes one NAR fetched from peers.
-type TransferStatus struct {
-	Hash       string    `json:"hash"`
-	Name       string    `json:"name"`
-	Peer       string    `json:"peer"` // id of the peer serving it (last one, after failovers)
-	PeerName   string    `json:"peer_name,omitempty"`
-	BytesDone  int64     `json:"bytes_done"`
-	BytesTotal int64     `json:"bytes_total"`
-	Rate       float64   `json:"rate"` // bytes per second since the start
-	Failovers  int       `json:"failovers,omitempty"`
-	Started    time.Time `json:"started"`
-	Finished   time.Time `json:"finished,omitzero"`
-	Result     string    `json:"result"`
-	Error      string    `json:"error,omitempty"`
-}
+type TransferStatus = xfers.Status
 
 // Transfers lists the active transfers and the most recent finished ones,
 // newest first.
-func (n *Node) Transfers() []TransferStatus { return n.xfers.list() }
+func (n *Node) Transfers() []TransferStatus { return n.xfers.List() }
 
-// recentTransfers is how many finished transfers Transfers keeps.
-const recentTransfers = 64
+// transfers records the Node's NAR fetches for status.
+type transfers struct{ *xfers.Tracker }
 
-// transfers tracks NAR fetches for status.
-type transfers struct {
-	mu     sync.Mutex
-	active map[*transfer]struct{}
-	recent []TransferStatus // ring, newest last
-}
-
-func (t *transfers) init() { t.active = make(map[*transfer]struct{}) }
+func (t *transfers) init() { t.Tracker = xfers.NewTracker(nil) }
 
 // transfer is one WriteNAR in progress.
-type transfer struct {
-	ts    *transfers
-	done  atomic.Int64
-	mu    sync.Mutex // guards st
-	st    TransferStatus
-	start time.Time
-}
+type transfer struct{ x *xfers.Transfer }
 
 func (t *transfers) start(h cache.Hash, name string, size int64) *transfer {
-	x := &transfer{ts: t, start: time.Now()}
-	x.st = TransferStatus{Hash: h.String(), Name: name, BytesTotal: size, Started: x.start, Result: ResultActive}
-	t.mu.Lock()
-	t.active[x] = struct{}{}
-	t.mu.Unlock()
-	return x
+	return &transfer{t.Start(statusapi.SourcePeer, h.String(), name, size)}
 }
 
-func (x *transfer) add(n int64) { x.done.Add(n) }
-
-func (x *transfer) setPeer(s *session) {
-	x.mu.Lock()
-	x.st.Peer, x.st.PeerName = s.id, s.name
-	x.mu.Unlock()
-}
-
-// restart starts the byte count again (a whole new attempt at the file).
-func (x *transfer) restart() {
-	x.done.Store(0)
-	x.failover()
-}
-
-func (x *transfer) failover() {
-	x.mu.Lock()
-	x.st.Failovers++
-	x.mu.Unlock()
-}
-
-func (x *transfer) status(now time.Time) TransferStatus {
-	x.mu.Lock()
-	st := x.st
-	x.mu.Unlock()
-	st.BytesDone = x.done.Load()
-	end := now
-	if !st.Finished.IsZero() {
-		end = st.Finished
-	}
-	if d := end.Sub(x.start).Seconds(); d > 0 {
-		st.Rate = float64(st.BytesDone) / d
-	}
-	return st
-}
-
-func (x *transfer) finish(err error) {
-	now := time.Now()
-	x.mu.Lock()
-	x.st.Finished = now
-	switch {
-	case err == nil:
-		x.st.Result = ResultOK
-	case errors.Is(err, cache.ErrHashMismatch):
-		x.st.Result = ResultMismatch
-		x.st.Error = err.Error()
-	default:
-		x.st.Result = ResultFailed
-		x.st.Error = err.Error()
-	}
-	x.mu.Unlock()
-	st := x.status(now)
-	t := x.ts
-	t.mu.Lock()
-	delete(t.active, x)
-	t.recent = append(t.recent, st)
-	if len(t.recent) > 2*recentTransfers {
-		t.recent = append(t.recent[:0:0], t.recent[len(t.recent)-recentTransfers:]...)
-	}
-	t.mu.Unlock()
-}
-
-func (t *transfers) list() []TransferStatus {
-	now := time.Now()
-	t.mu.Lock()
-	out := make([]TransferStatus, 0, len(t.active)+recentTransfers)
-	for x := range t.active {
-		out = append(out, x.status(now))
-	}
-	slices.SortFunc(out, func(a, b TransferStatus) int { return b.Started.Compare(a.Started) })
-	for i := len(t.recent) - 1; i >= 0 && len(out) < len(t.active)+recentTransfers; i-- {
-		out = append(out, t.recent[i])
-	}
-	t.mu.Unlock()
-	return out
-}
+func (x *transfer) add(n int64)        { x.x.Add(n) }
+func (x *transfer) setPeer(s *session) { x.x.SetPeer(s.id, s.name) }
+func (x *transfer) restart()           { x.x.Restart() }
+func (x *transfer) failover()          { x.x.Failover() }
+func (x *transfer) finish(err error)   { x.x.Finish(err) }

@@ -14,13 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lancache/lancache"
-)
-
-// Paths of the daemon's status API.
-const (
-	statusPath = "/_lancache/status"
-	eventsPath = "/_lancache/events"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // maxStatusBytes bounds one status document, polled or streamed.
@@ -34,7 +28,7 @@ var errNoStream = errors.New("daemon has no event stream")
 // daemon, or the reason there is none and when the feed tries again.
 type StatusMsg struct {
 	// Status is the daemon's status; nil when Err is set.
-	Status *lancache.Status
+	Status *statusapi.Status
 	// Streaming tells whether Status came from the event stream (true) or
 	// from polling.
 	Streaming bool
@@ -165,10 +159,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // Fetch gets one status snapshot from GET /_lancache/status.
-func (c *Client) Fetch(ctx context.Context) (*lancache.Status, error) {
+func (c *Client) Fetch(ctx context.Context) (*statusapi.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.requestTO)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(statusPath), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(statusapi.StatusPath), nil)
 	if err != nil {
 		return nil, fmt.Errorf("status request for %s: %w", c.addr, err)
 	}
@@ -191,8 +185,8 @@ func (c *Client) Fetch(ctx context.Context) (*lancache.Status, error) {
 	return decodeStatus(c.addr, body)
 }
 
-func decodeStatus(addr string, body []byte) (*lancache.Status, error) {
-	var st lancache.Status
+func decodeStatus(addr string, body []byte) (*statusapi.Status, error) {
+	var st statusapi.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return nil, fmt.Errorf("status from %s is not lancache status JSON: %w", addr, err)
 	}
@@ -213,7 +207,7 @@ func (c *Client) stream(ctx context.Context, emit func(StatusMsg)) (got, connect
 	watchdog := time.AfterFunc(c.idleTimeout, func() { cancel(errIdle) })
 	defer watchdog.Stop()
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(eventsPath), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(statusapi.EventsPath), nil)
 	if err != nil {
 		return false, false, fmt.Errorf("events request for %s: %w", c.addr, err)
 	}

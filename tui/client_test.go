@@ -1,7 +1,6 @@
 package tui
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,10 +10,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lancache/lancache/internal/syncbuf"
 )
 
 // statusJSON is a status document whose uptime tells test snapshots apart.
@@ -366,24 +366,6 @@ func TestFetchErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestRun runs the whole program against a fake daemon and quits with q.
 func TestRun(t *testing.T) {
 	mux := http.NewServeMux()
@@ -400,7 +382,7 @@ func TestRun(t *testing.T) {
 
 	in, keys := io.Pipe()
 	defer keys.Close()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(context.Background(), Options{

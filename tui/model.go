@@ -15,7 +15,7 @@ import (
 	"charm.land/lipgloss/v2"
 	"github.com/charmbracelet/x/ansi"
 
-	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // pane is one of the three scrollable parts of the screen.
@@ -89,19 +89,19 @@ type Model struct {
 
 	width, height int
 
-	status    *lancache.Status // latest snapshot; nil before the first
-	streaming bool             // status came from the event stream
-	err       error            // last failure; nil after a snapshot
-	attempt   int              // failures in a row
-	retryAt   time.Time        // the feed's next attempt, after err
-	tickGen   int              // generation of the countdown tick
+	status    *statusapi.Status // latest snapshot; nil before the first
+	streaming bool              // status came from the event stream
+	err       error             // last failure; nil after a snapshot
+	attempt   int               // failures in a row
+	retryAt   time.Time         // the feed's next attempt, after err
+	tickGen   int               // generation of the countdown tick
 
 	focus  pane
 	sortBy sortKey
-	peers  []lancache.PeerStatus     // sorted by sortBy
-	active []lancache.TransferStatus // in the daemon's order
-	recent []lancache.TransferStatus // most recently finished first
-	cursor [paneCount]int            // selected row per pane
+	peers  []statusapi.PeerStatus     // sorted by sortBy
+	active []statusapi.TransferStatus // in the daemon's order
+	recent []statusapi.TransferStatus // most recently finished first
+	cursor [paneCount]int             // selected row per pane
 }
 
 // NewModel returns the `lancache top` model. It takes its status updates
@@ -233,13 +233,13 @@ func (m *Model) apply(u StatusMsg) {
 	m.sortPeers()
 	m.active, m.recent = nil, nil
 	for _, t := range u.Status.Transfers {
-		if t.Result == "" {
+		if t.Active() {
 			m.active = append(m.active, t)
 		} else {
 			m.recent = append(m.recent, t)
 		}
 	}
-	slices.SortStableFunc(m.recent, func(a, b lancache.TransferStatus) int {
+	slices.SortStableFunc(m.recent, func(a, b statusapi.TransferStatus) int {
 		return finished(b).Compare(finished(a))
 	})
 	m.selectPeer(peer)
@@ -247,21 +247,21 @@ func (m *Model) apply(u StatusMsg) {
 	m.selectTransfer(paneRecent, rec)
 }
 
-func finished(t lancache.TransferStatus) time.Time {
+func finished(t statusapi.TransferStatus) time.Time {
 	return t.Started.Add(time.Duration(t.ElapsedSecs * float64(time.Second)))
 }
 
 func (m *Model) sortPeers() {
-	byName := func(a, b lancache.PeerStatus) int {
+	byName := func(a, b statusapi.PeerStatus) int {
 		if c := cmp.Compare(strings.ToLower(a.Name), strings.ToLower(b.Name)); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.ID, b.ID)
 	}
-	var f func(a, b lancache.PeerStatus) int
+	var f func(a, b statusapi.PeerStatus) int
 	switch m.sortBy {
 	case sortRTT:
-		f = func(a, b lancache.PeerStatus) int {
+		f = func(a, b statusapi.PeerStatus) int {
 			// Unknown RTTs (0) go last.
 			ka, kb := a.RTTMillis, b.RTTMillis
 			if (ka <= 0) != (kb <= 0) {
@@ -276,7 +276,7 @@ func (m *Model) sortPeers() {
 			return byName(a, b)
 		}
 	case sortTraffic:
-		f = func(a, b lancache.PeerStatus) int {
+		f = func(a, b statusapi.PeerStatus) int {
 			if c := cmp.Compare(b.BytesFromPeer+b.BytesToPeer, a.BytesFromPeer+a.BytesToPeer); c != 0 {
 				return c
 			}
@@ -304,7 +304,7 @@ func (m *Model) selectPeer(id string) {
 	}
 }
 
-func (m *Model) list(p pane) []lancache.TransferStatus {
+func (m *Model) list(p pane) []statusapi.TransferStatus {
 	if p == paneTransfers {
 		return m.active
 	}
@@ -561,7 +561,7 @@ func (m Model) neighbours(w, h int) []string {
 		if name == "" {
 			name = shortID(p.ID)
 		}
-		state := p.State
+		state := string(p.State)
 		if p.BlocklistedUntil != nil && p.BlocklistedUntil.After(now) {
 			state = "BLOCKED " + formatDuration(p.BlocklistedUntil.Sub(now))
 		}
@@ -658,11 +658,13 @@ func (m Model) finished(w, h int) []string {
 		t := m.recent[i]
 		result := m.st.good.Render("✓ ok")
 		switch t.Result {
-		case "ok":
-		case "hash-mismatch":
+		case statusapi.ResultOK:
+		case statusapi.ResultHashMismatch:
 			result = m.st.bad.Render("✗ BAD HASH")
+		case statusapi.ResultCanceled:
+			result = m.st.dim.Render("- canceled")
 		default:
-			result = m.st.bad.Render("✗ " + strings.ToUpper(t.Result))
+			result = m.st.bad.Render("✗ " + strings.ToUpper(string(t.Result)))
 		}
 		elapsed := time.Duration(t.ElapsedSecs * float64(time.Second))
 		took := formatDuration(elapsed)
@@ -705,7 +707,7 @@ func (m Model) help(w int) string {
 }
 
 // transferName is a transfer's store path name, or its hash without one.
-func transferName(t lancache.TransferStatus) string {
+func transferName(t statusapi.TransferStatus) string {
 	if t.Name != "" {
 		return t.Name
 	}
@@ -714,11 +716,11 @@ func transferName(t lancache.TransferStatus) string {
 
 // source names where a transfer's bytes come from: the peer's name, or
 // upstream, cache or store.
-func source(t lancache.TransferStatus) string {
-	if t.Source == "peer" && t.Peer != "" {
+func source(t statusapi.TransferStatus) string {
+	if t.Source == statusapi.SourcePeer && t.Peer != "" {
 		return t.Peer
 	}
-	return t.Source
+	return string(t.Source)
 }
 
 // shortID abbreviates a node id for display.

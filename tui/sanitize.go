@@ -4,14 +4,14 @@ import (
 	"reflect"
 	"strings"
 
-	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 // sanitizeStatus replaces every control character (C0, DEL, C1) in the
 // strings of st with U+FFFD. The status comes from a daemon that may be
 // another machine's (--http), and its names from peers and store paths:
 // none of it may write escape sequences to the user's terminal.
-func sanitizeStatus(st *lancache.Status) {
+func sanitizeStatus(st *statusapi.Status) {
 	sanitizeValue(reflect.ValueOf(st).Elem())
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/internal/syncbuf"
 )
 
 // TestFollowerNeverGetsWholeBadFile: a follower of a write receives every
@@ -25,7 +26,7 @@ func TestFollowerNeverGetsWholeBadFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			buf := &syncBuf{}
+			buf := &syncbuf.Buffer{}
 			errc := make(chan error, 1)
 			go func() { errc <- c.WriteNAR(context.Background(), buf, it.info, 0, -1) }()
 			if _, err := w.Write(it.file); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lancache/lancache/cache"
+	"github.com/lancache/lancache/internal/syncbuf"
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/ulikunitz/xz"
@@ -572,14 +573,14 @@ func TestFollowInProgressWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	type result struct {
-		buf *syncBuf
+		buf *syncbuf.Buffer
 		off int64
 		n   int64
 		err chan error
 	}
 	var rs []*result
 	for i := 0; i < 6; i++ {
-		r := &result{buf: &syncBuf{}, n: -1, err: make(chan error, 1)}
+		r := &result{buf: &syncbuf.Buffer{}, n: -1, err: make(chan error, 1)}
 		if i == 5 {
 			r.off, r.n = 1000, int64(len(it.file))/2
 		}
@@ -640,23 +641,6 @@ func TestFollowInProgressWrite(t *testing.T) {
 	if err := w2.Commit(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuf) Len() int { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Len() }
-func (s *syncBuf) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
 }
 
 func TestAbortReachesFollowers(t *testing.T) {

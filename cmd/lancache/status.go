@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/lancache/lancache"
+	"github.com/lancache/lancache/statusapi"
 )
 
 func cmdVersion(w io.Writer) error {
@@ -29,7 +30,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/_lancache/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+statusapi.StatusPath, nil)
 	if err != nil {
 		return fmt.Errorf("--http %q: %w", *addr, err)
 	}
@@ -49,7 +50,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		_, err = stdout.Write(body)
 		return err
 	}
-	var st lancache.Status
+	var st statusapi.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("status from %s is not lancache status JSON: %w", *addr, err)
 	}

@@ -113,6 +113,7 @@ type Upstream struct {
 	log    *slog.Logger
 	stats  counters
 	now    func() time.Time // test hook
+	onWait func()           // test hook: a lookup waits for a shared narinfo request
 
 	ctx    context.Context // lifetime of downloads and fetches
 	cancel context.CancelFunc
@@ -295,6 +296,9 @@ func (u *Upstream) lookup(ctx context.Context, h cache.Hash) (*known, error) {
 	}
 	u.mu.Unlock()
 
+	if u.onWait != nil {
+		u.onWait()
+	}
 	select {
 	case <-f.done:
 	case <-ctx.Done():

@@ -16,12 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/lancache/lancache/cache"
 	"github.com/lancache/lancache/cache/narcache"
+	"github.com/lancache/lancache/internal/syncbuf"
 	"github.com/nix-community/go-nix/pkg/nar"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -131,6 +133,22 @@ func (bc *binCache) hook(p string, f func(http.ResponseWriter, *http.Request)) {
 	bc.mu.Lock()
 	defer bc.mu.Unlock()
 	bc.hooks[p] = f
+}
+
+// hookHeld makes requests for p wait until release is closed, then get
+// p's file.
+func (bc *binCache) hookHeld(p string, release <-chan struct{}) {
+	bc.mu.Lock()
+	body := bc.files[p]
+	bc.mu.Unlock()
+	bc.hook(p, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		w.Write(body)
+	})
 }
 
 // path is one generated store path of a binCache.
@@ -388,8 +406,14 @@ func TestCoalescedDownload(t *testing.T) {
 			p := f.bc.add("big-"+comp, comp, 3<<20)
 			release, halfSent := f.bc.stallHalf(p)
 
-			// Eight requesters ask for the narinfo at once: one request.
+			// Eight requesters ask for the narinfo at once: one request. The
+			// upstream holds its answer until all eight are waiting for it,
+			// so none is answered from the positive cache instead.
 			const n = 8
+			var waiting atomic.Int32
+			f.up.onWait = func() { waiting.Add(1) }
+			answer := make(chan struct{})
+			f.bc.hookHeld(p.narinfoURL(), answer)
 			infos := make([]*cache.NarInfo, n)
 			var wg sync.WaitGroup
 			for i := range n {
@@ -401,6 +425,12 @@ func TestCoalescedDownload(t *testing.T) {
 					infos[i] = info
 				})
 			}
+			for deadline := time.Now().Add(10 * time.Second); waiting.Load() != n; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of %d lookups waiting for the narinfo", waiting.Load(), n)
+				}
+			}
+			close(answer)
 			wg.Wait()
 			if t.Failed() {
 				return
@@ -409,10 +439,10 @@ func TestCoalescedDownload(t *testing.T) {
 				t.Fatalf("%d narinfo requests upstream, want 1", r)
 			}
 
-			outs := make([]*syncBuf, n)
+			outs := make([]*syncbuf.Buffer, n)
 			errs := make([]error, n)
 			for i := range n {
-				outs[i] = &syncBuf{}
+				outs[i] = &syncbuf.Buffer{}
 				wg.Go(func() { errs[i] = f.up.WriteNAR(context.Background(), outs[i], infos[i], 0, -1) })
 			}
 			// Every requester streams the first half while the upstream is
@@ -915,23 +945,6 @@ func (f *fakeClock) Add(d time.Duration) {
 	f.mu.Lock()
 	f.t = f.t.Add(d)
 	f.mu.Unlock()
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuf) Len() int { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Len() }
-func (s *syncBuf) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
 }
 
 // BenchmarkVerify measures how fast a NAR in each compression is checked

@@ -109,6 +109,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	built := false
 	defer func() {
 		if !built {
+			n.closeSources() // whatever was opened before the failing step
 		}
 	}()
 	var sources []cache.Source

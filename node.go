@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +75,7 @@ type Node struct {
 	running  bool          // Run was called: it owns closing the transfer node
 	mu       sync.Mutex
 	httpAddr net.Addr
+	static   map[string]bool // --peer and AddPeer addresses, guarded by mu
 }
 
 // New checks cfg and opens what the node serves. It does not listen yet:
@@ -105,6 +108,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		inv:    cache.NewInventory(),
 		ready:  make(chan struct{}),
 		sse:    make(chan struct{}, maxEventClients),
+		static: make(map[string]bool),
+	}
+	for _, p := range cfg.Peers {
+		n.static[p] = true
 	}
 	built := false
 	defer func() {
@@ -343,12 +350,15 @@ func (n *Node) Status() Status {
 	}
 	s.ID = n.peers.ID()
 	s.QUICAddr = n.peers.LocalAddr().String()
+	n.mu.Lock()
+	static := maps.Clone(n.static)
+	n.mu.Unlock()
 	for _, p := range n.peers.Peers() {
 		ps := PeerStatus{
 			ID: p.ID, Name: p.Name, Address: p.Addr, State: p.State,
 			RTTMillis:       float64(p.RTT) / float64(time.Millisecond),
 			PathsAdvertised: p.Paths, BytesFromPeer: uint64(p.BytesIn), BytesToPeer: uint64(p.BytesOut),
-			Static: p.Dialed,
+			Static: slices.ContainsFunc(p.Targets, func(a string) bool { return static[a] }),
 		}
 		if !p.BlocklistedUntil.IsZero() && p.BlocklistedUntil.After(time.Now()) {
 			t := p.BlocklistedUntil
@@ -488,7 +498,12 @@ func firstNonEmpty(a, b string) string {
 
 // AddPeer makes the node keep a connection to the peer at addr (HOST:PORT,
 // UDP), as --peer does. It may be called before or during Run.
-func (n *Node) AddPeer(addr string) { n.peers.AddPeer(addr, "") }
+func (n *Node) AddPeer(addr string) {
+	n.mu.Lock()
+	n.static[addr] = true
+	n.mu.Unlock()
+	n.peers.AddPeer(addr, "")
+}
 
 // QUICAddr is the UDP address the peer transport listens on.
 func (n *Node) QUICAddr() net.Addr { return n.peers.LocalAddr() }

@@ -43,7 +43,9 @@ type PeerStatus struct {
 	BytesFromPeer    uint64     `json:"bytes_from_peer"`
 	BytesToPeer      uint64     `json:"bytes_to_peer"`
 	BlocklistedUntil *time.Time `json:"blocklisted_until,omitempty"`
-	Static           bool       `json:"static"`
+	// Static: the peer is a --peer (or AddPeer) target; false for one
+	// found by mDNS or one that only dialed in.
+	Static bool `json:"static"`
 }
 
 // TransferStatus describes one NAR transfer towards this node's Nix (or a

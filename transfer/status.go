@@ -24,7 +24,12 @@ type PeerStatus struct {
 	Name             string        `json:"name,omitempty"`
 	Addr             string        `json:"addr"`
 	State            string        `json:"state"`
-	Dialed           bool          `json:"dialed"` // this node dialed it (a static peer)
+	Dialed           bool          `json:"dialed"` // this node dialed the connection (an AddPeer target)
+	// Targets are the AddPeer addresses that lead to this peer, whether the
+	// connection was dialed or accepted; empty for a peer that only dialed
+	// in. The caller knows which of them are static (--peer) and which came
+	// from mDNS.
+	Targets []string `json:"targets,omitempty"`
 	RTT              time.Duration `json:"rtt_ns"`
 	Paths            int           `json:"paths"` // paths it advertises
 	BytesIn          int64         `json:"bytes_in"`
@@ -58,10 +63,12 @@ func (n *Node) Peers() []PeerStatus {
 			ConnectedSince: s.since,
 		}
 		for _, t := range n.targets {
-			if t.id == s.id {
+			if t.id == s.id || s.target == t {
 				seen[t] = true
+				ps.Targets = append(ps.Targets, t.addr)
 			}
 		}
+		slices.Sort(ps.Targets)
 		out = append(out, ps)
 	}
 	for _, t := range n.targets {
@@ -72,7 +79,7 @@ func (n *Node) Peers() []PeerStatus {
 		if st != StateBackoff {
 			st = StateConnecting
 		}
-		out = append(out, PeerStatus{ID: t.id, Addr: t.addr, State: st, Dialed: true, LastError: t.lastErr})
+		out = append(out, PeerStatus{ID: t.id, Addr: t.addr, State: st, Dialed: true, Targets: []string{t.addr}, LastError: t.lastErr})
 	}
 	for i := range out {
 		if ps := n.peerInfo[out[i].ID]; out[i].ID != "" && ps != nil {

@@ -20,16 +20,16 @@ const (
 
 // PeerStatus describes one peer for the status API and the TUI.
 type PeerStatus struct {
-	ID               string        `json:"id,omitempty"` // empty until first connected
-	Name             string        `json:"name,omitempty"`
-	Addr             string        `json:"addr"`
-	State            string        `json:"state"`
-	Dialed           bool          `json:"dialed"` // this node dialed the connection (an AddPeer target)
+	ID     string `json:"id,omitempty"` // empty until first connected
+	Name   string `json:"name,omitempty"`
+	Addr   string `json:"addr"`
+	State  string `json:"state"`
+	Dialed bool   `json:"dialed"` // this node dialed the connection (an AddPeer target)
 	// Targets are the AddPeer addresses that lead to this peer, whether the
 	// connection was dialed or accepted; empty for a peer that only dialed
 	// in. The caller knows which of them are static (--peer) and which came
 	// from mDNS.
-	Targets []string `json:"targets,omitempty"`
+	Targets          []string      `json:"targets,omitempty"`
 	RTT              time.Duration `json:"rtt_ns"`
 	Paths            int           `json:"paths"` // paths it advertises
 	BytesIn          int64         `json:"bytes_in"`

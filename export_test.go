@@ -7,3 +7,6 @@ import "github.com/lancache/lancache/discovery"
 func FeedMDNS(n *Node, ev discovery.Event) {
 	newMDNSFeed(n.peers, n.cfg.Peers, n.log).handle(ev)
 }
+
+// OfferedPaths is the size of the inventory n offers to peers.
+func OfferedPaths(n *Node) int { return n.inv.Len() }

@@ -119,10 +119,19 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			n.closeSources() // whatever was opened before the failing step
 		}
 	}()
-	var sources []cache.Source
+	// sources serve the local Nix; offered, a prefix of them, are what
+	// peers may fetch: what this node holds itself (store, disk cache),
+	// never what it would have to fetch from elsewhere, which would loop.
+	// --share none offers nothing: the inventory stays empty, so peers are
+	// told of no path and answered "not found" for any.
+	var sources, offered []cache.Source
+	var offerInv *cache.Inventory // nil: what is opened is not advertised
+	if mode != cache.ShareNone {
+		offerInv = n.inv
+	}
 	if cfg.StoreRoot != "none" && cfg.StoreRoot != "" {
 		st, err := cache.OpenStore(ctx, cache.StoreConfig{
-			Root: cfg.StoreRoot, Policy: n.policy, Inventory: n.inv, Logger: cfg.Logger,
+			Root: cfg.StoreRoot, Policy: n.policy, Inventory: offerInv, Logger: cfg.Logger,
 		})
 		switch {
 		case errors.Is(err, cache.ErrNoStore):
@@ -138,7 +147,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.CacheDir != "" {
 		dc, err := narcache.Open(ctx, narcache.Config{
-			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: n.inv, Logger: cfg.Logger,
+			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: offerInv, Logger: cfg.Logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("--cache-dir: %w", err)
@@ -156,8 +165,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		n.up = up
 	}
-	// Peers may fetch what this node holds itself (store, disk cache), never
-	// what it would have to fetch from elsewhere: that would loop.
+	if mode != cache.ShareNone {
+		offered = slices.Clone(sources)
+	}
 	var fleetKey []byte
 	if cfg.FleetKeyFile != "" {
 		if fleetKey, err = transfer.LoadFleetKey(cfg.FleetKeyFile); err != nil {
@@ -184,7 +194,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		// leaves everyone's list well within 30 s.
 		KeepAlive: 5 * time.Second,
 		Logger:    cfg.Logger.With("component", "transfer"),
-	}, countingSource{cache.Chain(sources), &n.bytesToPeers}, n.inv)
+	}, countingSource{cache.Chain(offered), &n.bytesToPeers}, n.inv)
 	if err != nil {
 		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
 	}

@@ -51,8 +51,15 @@ type Config struct {
 	Interfaces        []string // mDNS interfaces; nil = every suitable one
 	StateDir          string
 	Name              string
-	Logger            *slog.Logger
+	// ShutdownGrace is how long Run, once its context ends, lets HTTP
+	// responses in flight finish before it cuts them (default 10s).
+	ShutdownGrace time.Duration
+	Logger        *slog.Logger
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default: long enough for
+// most NARs in flight on a LAN, well within systemd's stop timeout.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Node is one lancache daemon.
 type Node struct {
@@ -71,6 +78,7 @@ type Node struct {
 	started                      time.Time
 
 	ready    chan struct{}
+	stopping chan struct{} // closed when Run starts shutting down
 	sse      chan struct{} // semaphore bounding /_lancache/events clients
 	running  bool          // Run was called: it owns closing the transfer node
 	mu       sync.Mutex
@@ -87,6 +95,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:37515"
 	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = DefaultShutdownGrace
+	}
 	if cfg.Share == "" {
 		cfg.Share = string(cache.ShareSigned)
 	}
@@ -102,13 +113,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Logger.Warn("share policy is 'signed' but no trusted public keys are set: nothing will be shared")
 	}
 	n := &Node{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		policy: cache.Policy{Mode: mode, Keys: keys},
-		inv:    cache.NewInventory(),
-		ready:  make(chan struct{}),
-		sse:    make(chan struct{}, maxEventClients),
-		static: make(map[string]bool),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		policy:   cache.Policy{Mode: mode, Keys: keys},
+		inv:      cache.NewInventory(),
+		ready:    make(chan struct{}),
+		stopping: make(chan struct{}),
+		sse:      make(chan struct{}, maxEventClients),
+		static:   make(map[string]bool),
 	}
 	for _, p := range cfg.Peers {
 		n.static[p] = true
@@ -214,8 +226,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Run serves until ctx is done, then shuts down gracefully. It returns only
-// after everything it started has stopped.
+// Run serves until ctx is done, then shuts down gracefully: it stops
+// accepting, lets the HTTP responses in flight finish (up to
+// Config.ShutdownGrace), then stops the peer transport, the store follower
+// and discovery, and closes what New opened. It returns only after
+// everything it started has stopped.
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
@@ -231,14 +246,21 @@ func (n *Node) Run(ctx context.Context) error {
 	ln = netutil.LimitListener(ln, maxHTTPConns)
 	n.running = true
 
-	mux := n.routes()
+	// Requests do not end with ctx: a NAR half sent when SIGTERM comes is
+	// finished (see drain). Nor do the parts they read from: peers, store
+	// and discovery run on svcCtx, which ends after the drain.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServices()
+	var handlers handlerGroup
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           handlers.wrap(n.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       30 * time.Second, // Nix reconnects cheaply; idle slots go back quickly
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -250,17 +272,14 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
-		}
+		n.drain(srv, cancelRequests, &handlers)
+		stopServices()
 		return nil
 	})
 	if n.store != nil {
-		g.Go(func() error { return n.store.Run(gctx) })
+		g.Go(func() error { return n.store.Run(svcCtx) })
 	}
-	g.Go(func() error { return n.peers.Run(gctx) })
+	g.Go(func() error { return n.peers.Run(svcCtx) })
 	for _, p := range n.cfg.Peers {
 		n.peers.AddPeer(p, "")
 	}
@@ -268,7 +287,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error {
 			// mDNS trouble (no multicast interface, say) must not take the
 			// cache down: static peers and the local endpoint still work.
-			if err := n.runDiscovery(gctx, n.mdns); err != nil {
+			if err := n.runDiscovery(svcCtx, n.mdns); err != nil {
 				n.log.Error("mDNS discovery stopped; only static peers will be found", "err", err)
 			}
 			return nil
@@ -279,6 +298,54 @@ func (n *Node) Run(ctx context.Context) error {
 	err = g.Wait()
 	n.closeSources()
 	return err
+}
+
+// drain shuts the HTTP face down: it stops accepting, ends the status
+// streams, lets the responses in flight finish for up to ShutdownGrace,
+// then cuts the rest (cancelRequests ends their contexts) and returns once
+// every handler has returned, so that what they read from can be closed.
+func (n *Node) drain(srv *http.Server, cancelRequests context.CancelFunc, handlers *handlerGroup) {
+	close(n.stopping)
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		n.log.Warn("shutting down: cutting the HTTP responses still in flight", "grace", n.cfg.ShutdownGrace)
+	}
+	cancelRequests()
+	srv.Close()
+	handlers.closeAndWait()
+}
+
+// handlerGroup counts the HTTP handlers running, so that shutdown can wait
+// for them.
+type handlerGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (g *handlerGroup) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		if g.closed {
+			g.mu.Unlock()
+			w.Header().Set("Connection", "close")
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		g.wg.Add(1)
+		g.mu.Unlock()
+		defer g.wg.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// closeAndWait refuses new handlers and waits for the running ones.
+func (g *handlerGroup) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // Close releases what New opened, for a Node whose Run is never called.
@@ -493,6 +560,8 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-r.Context().Done():
+			return
+		case <-n.stopping: // a status stream never holds up shutdown
 			return
 		case <-t.C:
 		}

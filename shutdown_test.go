@@ -75,7 +75,8 @@ func TestShutdownDrainsResponses(t *testing.T) {
 	n := startNode(t, lancache.Config{Upstreams: []string{srv.URL}, TrustedPublicKeys: pk, Name: "drain"})
 	base := "http://" + n.HTTPAddr().String()
 	got := make(chan fetched, 1)
-	go func() { got <- fetch(narURL(t, base, up.info)) }()
+	url := narURL(t, base, up.info)
+	go func() { got <- fetch(url) }()
 	<-up.started
 	n.cancel()
 	// Shutdown has begun once the listener refuses new connections.
@@ -96,15 +97,7 @@ func TestShutdownDrainsResponses(t *testing.T) {
 	if verr := v.Close(); f.err != nil || f.code != 200 || len(f.body) != len(up.nar) || verr != nil {
 		t.Fatalf("NAR in flight at shutdown: status %d, %d of %d bytes, error %v, verify: %v", f.code, len(f.body), len(up.nar), f.err, verr)
 	}
-	select {
-	case err := <-n.done:
-		n.done <- err // for stop, at cleanup
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after the response finished")
-	}
+	waitRun(t, n, "response finished")
 }
 
 // A response that does not finish within the grace period is cut, and Run
@@ -115,18 +108,11 @@ func TestShutdownGraceBounded(t *testing.T) {
 	n := startNode(t, lancache.Config{Upstreams: []string{srv.URL}, TrustedPublicKeys: pk, Name: "grace", ShutdownGrace: 50 * time.Millisecond})
 	base := "http://" + n.HTTPAddr().String()
 	got := make(chan fetched, 1)
-	go func() { got <- fetch(narURL(t, base, up.info)) }()
+	url := narURL(t, base, up.info)
+	go func() { got <- fetch(url) }()
 	<-up.started
 	n.cancel()
-	select {
-	case err := <-n.done:
-		n.done <- err // for stop, at cleanup
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after the grace period")
-	}
+	waitRun(t, n, "grace period")
 	if f := <-got; f.err == nil && len(f.body) == len(up.nar) {
 		t.Fatal("the stalled response was not cut")
 	}
@@ -163,4 +149,18 @@ func narURL(t *testing.T, base string, info *cache.NarInfo) string {
 		t.Fatal(err)
 	}
 	return base + "/" + mine.URL
+}
+
+// waitRun waits for n's Run to return nil, after its context was cancelled.
+func waitRun(t *testing.T, n *testNode, after string) {
+	t.Helper()
+	select {
+	case err := <-n.done:
+		n.done <- err // for stop, at cleanup
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Run did not return after the %s", after)
+	}
 }

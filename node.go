@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -52,7 +53,10 @@ type Config struct {
 	Interfaces        []string // mDNS interfaces; nil = every suitable one
 	StateDir          string
 	Name              string
-	Logger            *slog.Logger
+	// ShutdownGrace is how long Run, once its context ends, lets HTTP
+	// responses in flight finish before it cuts them (default 10s).
+	ShutdownGrace time.Duration
+	Logger        *slog.Logger
 	// PeerCompression is what to ask peers to send: auto (default),
 	// always or never; see transfer.Config.Compression.
 	PeerCompression string
@@ -61,6 +65,10 @@ type Config struct {
 	// negative: none).
 	VerifyFirstMax int64
 }
+
+// DefaultShutdownGrace is Config.ShutdownGrace's default: long enough for
+// most NARs in flight on a LAN, well within systemd's stop timeout.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Node is one lancache daemon.
 type Node struct {
@@ -80,10 +88,12 @@ type Node struct {
 	started                      time.Time
 
 	ready    chan struct{}
+	stopping chan struct{} // closed when Run starts shutting down
 	sse      chan struct{} // semaphore bounding /_lancache/events clients
 	running  bool          // Run was called: it owns closing the transfer node
 	mu       sync.Mutex
 	httpAddr net.Addr
+	static   map[string]bool // --peer and AddPeer addresses, guarded by mu
 }
 
 // New checks cfg and opens what the node serves. It does not listen yet:
@@ -94,6 +104,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.HTTPAddr == "" {
 		cfg.HTTPAddr = "127.0.0.1:37515"
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = DefaultShutdownGrace
 	}
 	if cfg.Share == "" {
 		cfg.Share = string(cache.ShareSigned)
@@ -110,23 +123,38 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.Logger.Warn("share policy is 'signed' but no trusted public keys are set: nothing will be shared")
 	}
 	n := &Node{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		policy: cache.Policy{Mode: mode, Keys: keys},
-		inv:    cache.NewInventory(),
-		ready:  make(chan struct{}),
-		sse:    make(chan struct{}, maxEventClients),
-		local:  xfers.NewTracker(nil),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		policy:   cache.Policy{Mode: mode, Keys: keys},
+		inv:      cache.NewInventory(),
+		ready:    make(chan struct{}),
+		stopping: make(chan struct{}),
+		sse:      make(chan struct{}, maxEventClients),
+		static:   make(map[string]bool),
+		local:    xfers.NewTracker(nil),
+	}
+	for _, p := range cfg.Peers {
+		n.static[p] = true
 	}
 	built := false
 	defer func() {
 		if !built {
+			n.closeSources() // whatever was opened before the failing step
 		}
 	}()
-	var sources []cache.Source
+	// sources serve the local Nix; offered, a prefix of them, are what
+	// peers may fetch: what this node holds itself (store, disk cache),
+	// never what it would have to fetch from elsewhere, which would loop.
+	// --share none offers nothing: the inventory stays empty, so peers are
+	// told of no path and answered "not found" for any.
+	var sources, offered []cache.Source
+	var offerInv *cache.Inventory // nil: what is opened is not advertised
+	if mode != cache.ShareNone {
+		offerInv = n.inv
+	}
 	if cfg.StoreRoot != "none" && cfg.StoreRoot != "" {
 		st, err := cache.OpenStore(ctx, cache.StoreConfig{
-			Root: cfg.StoreRoot, Policy: n.policy, Inventory: n.inv, Logger: cfg.Logger,
+			Root: cfg.StoreRoot, Policy: n.policy, Inventory: offerInv, Logger: cfg.Logger,
 		})
 		switch {
 		case errors.Is(err, cache.ErrNoStore):
@@ -142,7 +170,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.CacheDir != "" {
 		dc, err := narcache.Open(ctx, narcache.Config{
-			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: n.inv, Logger: cfg.Logger,
+			Dir: cfg.CacheDir, MaxSize: cfg.CacheMaxSize, Inventory: offerInv, Logger: cfg.Logger,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("--cache-dir: %w", err)
@@ -160,8 +188,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		}
 		n.up = up
 	}
-	// Peers may fetch what this node holds itself (store, disk cache), never
-	// what it would have to fetch from elsewhere: that would loop.
+	if mode != cache.ShareNone {
+		offered = slices.Clone(sources)
+	}
 	var fleetKey []byte
 	if cfg.FleetKeyFile != "" {
 		if fleetKey, err = transfer.LoadFleetKey(cfg.FleetKeyFile); err != nil {
@@ -195,7 +224,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		// leaves everyone's list well within 30 s.
 		KeepAlive: 5 * time.Second,
 		Logger:    cfg.Logger.With("component", "transfer"),
-	}, countingSource{cache.Chain(sources), &n.bytesToPeers}, n.inv)
+	}, countingSource{cache.Chain(offered), &n.bytesToPeers}, n.inv)
 	if err != nil {
 		return nil, fmt.Errorf("peer transport (--quic %s): %w", cfg.QUICAddr, err)
 	}
@@ -223,8 +252,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// Run serves until ctx is done, then shuts down gracefully. It returns only
-// after everything it started has stopped.
+// Run serves until ctx is done, then shuts down gracefully: it stops
+// accepting, lets the HTTP responses in flight finish (up to
+// Config.ShutdownGrace), then stops the peer transport, the store follower
+// and discovery, and closes what New opened. It returns only after
+// everything it started has stopped.
 func (n *Node) Run(ctx context.Context) error {
 	n.started = time.Now()
 	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
@@ -240,14 +272,21 @@ func (n *Node) Run(ctx context.Context) error {
 	ln = netutil.LimitListener(ln, maxHTTPConns)
 	n.running = true
 
-	mux := n.routes()
+	// Requests do not end with ctx: a NAR half sent when SIGTERM comes is
+	// finished (see drain). Nor do the parts they read from: peers, store
+	// and discovery run on svcCtx, which ends after the drain.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServices()
+	var handlers handlerGroup
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           handlers.wrap(n.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       30 * time.Second, // Nix reconnects cheaply; idle slots go back quickly
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -259,17 +298,14 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
-		}
+		n.drain(srv, cancelRequests, &handlers)
+		stopServices()
 		return nil
 	})
 	if n.store != nil {
-		g.Go(func() error { return n.store.Run(gctx) })
+		g.Go(func() error { return n.store.Run(svcCtx) })
 	}
-	g.Go(func() error { return n.peers.Run(gctx) })
+	g.Go(func() error { return n.peers.Run(svcCtx) })
 	for _, p := range n.cfg.Peers {
 		n.peers.AddPeer(p, "")
 	}
@@ -277,7 +313,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error {
 			// mDNS trouble (no multicast interface, say) must not take the
 			// cache down: static peers and the local endpoint still work.
-			if err := n.runDiscovery(gctx, n.mdns); err != nil {
+			if err := n.runDiscovery(svcCtx, n.mdns); err != nil {
 				n.log.Error("mDNS discovery stopped; only static peers will be found", "err", err)
 			}
 			return nil
@@ -288,6 +324,54 @@ func (n *Node) Run(ctx context.Context) error {
 	err = g.Wait()
 	n.closeSources()
 	return err
+}
+
+// drain shuts the HTTP face down: it stops accepting, ends the status
+// streams, lets the responses in flight finish for up to ShutdownGrace,
+// then cuts the rest (cancelRequests ends their contexts) and returns once
+// every handler has returned, so that what they read from can be closed.
+func (n *Node) drain(srv *http.Server, cancelRequests context.CancelFunc, handlers *handlerGroup) {
+	close(n.stopping)
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		n.log.Warn("shutting down: cutting the HTTP responses still in flight", "grace", n.cfg.ShutdownGrace)
+	}
+	cancelRequests()
+	srv.Close()
+	handlers.closeAndWait()
+}
+
+// handlerGroup counts the HTTP handlers running, so that shutdown can wait
+// for them.
+type handlerGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (g *handlerGroup) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		if g.closed {
+			g.mu.Unlock()
+			w.Header().Set("Connection", "close")
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		g.wg.Add(1)
+		g.mu.Unlock()
+		defer g.wg.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// closeAndWait refuses new handlers and waits for the running ones.
+func (g *handlerGroup) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // Close releases what New opened, for a Node whose Run is never called.
@@ -381,12 +465,15 @@ func (n *Node) Status() Status {
 	}
 	s.ID = n.peers.ID()
 	s.QUICAddr = n.peers.LocalAddr().String()
+	n.mu.Lock()
+	static := maps.Clone(n.static)
+	n.mu.Unlock()
 	for _, p := range n.peers.Peers() {
 		ps := PeerStatus{
 			ID: p.ID, Name: p.Name, Address: p.Addr, State: p.State,
 			RTTMillis:       float64(p.RTT) / float64(time.Millisecond),
 			PathsAdvertised: p.Paths, BytesFromPeer: uint64(p.BytesIn), BytesToPeer: uint64(p.BytesOut),
-			Static: p.Dialed,
+			Static: slices.ContainsFunc(p.Targets, func(a string) bool { return static[a] }),
 		}
 		if !p.BlocklistedUntil.IsZero() && p.BlocklistedUntil.After(time.Now()) {
 			t := p.BlocklistedUntil
@@ -530,6 +617,8 @@ func (n *Node) serveEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-n.stopping: // a status stream never holds up shutdown
+			return
 		case <-t.C:
 		}
 	}
@@ -544,7 +633,12 @@ func firstNonEmpty(a, b string) string {
 
 // AddPeer makes the node keep a connection to the peer at addr (HOST:PORT,
 // UDP), as --peer does. It may be called before or during Run.
-func (n *Node) AddPeer(addr string) { n.peers.AddPeer(addr, "") }
+func (n *Node) AddPeer(addr string) {
+	n.mu.Lock()
+	n.static[addr] = true
+	n.mu.Unlock()
+	n.peers.AddPeer(addr, "")
+}
 
 // QUICAddr is the UDP address the peer transport listens on.
 func (n *Node) QUICAddr() net.Addr { return n.peers.LocalAddr() }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test.sh — every check CI runs, in one command: sudo ./test.sh
+# test.sh — every check CI runs, in one command, as root: ./test.sh
+# (as a user: sudo ./test.sh)
 #
 # Installs what the tests need when it is missing (Debian packages), then:
 # gofmt, go vet, CGO-free cross-builds (amd64, arm64, armv7), the whole test
@@ -62,7 +63,7 @@ install_missing() {
 		return 0
 	fi
 	if [ "$(id -u)" -ne 0 ]; then
-		echo "missing: ${missing[*]}; run as root (sudo ./test.sh) to install them" >&2
+		echo "missing: ${missing[*]}; run ./test.sh as root (as a user: sudo ./test.sh) to install them" >&2
 		return 1
 	fi
 	echo "installing: ${missing[*]}"

@@ -57,3 +57,21 @@ func (p Policy) Shares(info *NarInfo) bool {
 	}
 	return false
 }
+
+// namesKey reports whether sigs (a ValidPaths sigs column: space-separated
+// name:base64) holds a signature named by one of the trusted keys: the only
+// kind that can make a path shared under ShareSigned.
+func (p Policy) namesKey(sigs string) bool {
+	for _, sig := range strings.Fields(sigs) {
+		name, _, ok := strings.Cut(sig, ":")
+		if !ok {
+			continue
+		}
+		for _, k := range p.Keys {
+			if k.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}

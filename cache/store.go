@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
 )
 
@@ -47,18 +49,29 @@ type Store struct {
 	cfg      StoreConfig
 	dbPath   string
 	storeDir string // Root/nix/store
-	db       atomic.Pointer[sql.DB]
 	log      *slog.Logger
 	// immutable: the database is read as a snapshot (see openDB) and
 	// reopened when it changes, because it has no -wal/-shm files and we
 	// may not create them.
 	immutable atomic.Bool
+	// queries counts the SQL statements run: what a change costs.
+	queries atomic.Int64
+
+	// dbMu guards db. Every use of the handle holds it for reading (see
+	// useDB), so swap and Close, which hold it for writing, never close a
+	// handle under a lookup.
+	dbMu sync.RWMutex
+	db   *sql.DB // nil once closed
 
 	mu     sync.RWMutex
 	byHash map[Hash]storeEntry
 	byID   map[int64]Hash
 	maxID  int64
 	shared int // entries of byHash with shared set
+	// rejected: for unshared rows whose signatures name a trusted key but
+	// did not pass the policy, a hash of their sigs column. They are looked
+	// up again only when it changes.
+	rejected map[int64]uint64
 }
 
 type storeEntry struct {
@@ -84,6 +97,7 @@ func OpenStore(ctx context.Context, cfg StoreConfig) (*Store, error) {
 		log:      cfg.Logger,
 		byHash:   make(map[Hash]storeEntry),
 		byID:     make(map[int64]Hash),
+		rejected: make(map[int64]uint64),
 	}
 	if _, err := os.Stat(s.dbPath); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -106,10 +120,10 @@ func OpenStore(ctx context.Context, cfg StoreConfig) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read Nix database %s: %w (lancache needs read access to it and its directory, and to its -wal/-shm files when present)", s.dbPath, err)
 	}
-	s.db.Store(db)
+	s.db = db
 	start := time.Now()
 	if err := s.load(ctx, 0); err != nil {
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("read Nix database %s: %w", s.dbPath, err)
 	}
 	s.log.Info("local store indexed", "root", cfg.Root, "paths", len(s.byHash),
@@ -156,11 +170,42 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// conn is the current database handle.
-func (s *Store) conn() *sql.DB { return s.db.Load() }
+// errStoreClosed is what a lookup on a closed Store returns.
+var errStoreClosed = errors.New("store closed")
 
-// Close releases the database.
-func (s *Store) Close() error { return s.conn().Close() }
+// useDB runs fn with the current database handle, which is neither swapped
+// out nor closed until fn returns. fn must not call useDB again.
+func (s *Store) useDB(fn func(*sql.DB) error) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.db == nil {
+		return errStoreClosed
+	}
+	return fn(s.db)
+}
+
+// query and queryRow run one statement on db, counted in s.queries.
+func (s *Store) query(ctx context.Context, db *sql.DB, q string, args ...any) (*sql.Rows, error) {
+	s.queries.Add(1)
+	return db.QueryContext(ctx, q, args...)
+}
+
+func (s *Store) queryRow(ctx context.Context, db *sql.DB, q string, args ...any) *sql.Row {
+	s.queries.Add(1)
+	return db.QueryRowContext(ctx, q, args...)
+}
+
+// Close releases the database, after the lookups under way.
+func (s *Store) Close() error {
+	s.dbMu.Lock()
+	db := s.db
+	s.db = nil
+	s.dbMu.Unlock()
+	if db == nil {
+		return nil
+	}
+	return db.Close()
+}
 
 // Root is the store root this Store reads.
 func (s *Store) Root() string { return s.cfg.Root }
@@ -180,6 +225,10 @@ func (s *Store) putLocked(h Hash, e storeEntry) (nowShared, noLongerShared bool)
 	s.byID[e.id] = h
 	if had && prev.id != e.id {
 		delete(s.byID, prev.id)
+		delete(s.rejected, prev.id)
+	}
+	if e.shared {
+		delete(s.rejected, e.id)
 	}
 	wasShared := had && prev.shared
 	switch {
@@ -196,6 +245,7 @@ func (s *Store) putLocked(h Hash, e storeEntry) (nowShared, noLongerShared bool)
 // dropLocked removes the row id of h; it reports whether h was shared.
 func (s *Store) dropLocked(id int64, h Hash) (wasShared bool) {
 	delete(s.byID, id)
+	delete(s.rejected, id)
 	e, ok := s.byHash[h]
 	if !ok || e.id != id {
 		return false // h is indexed under a newer row
@@ -229,49 +279,15 @@ func scanRow(sc interface{ Scan(...any) error }) (*pathRow, error) {
 
 // load indexes every valid path with id > after.
 func (s *Store) load(ctx context.Context, after int64) error {
-	rows, err := s.conn().QueryContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id > ? ORDER BY id`, after)
-	if err != nil {
-		return err
-	}
 	var list []*pathRow
-	byID := make(map[int64]*pathRow)
-	for rows.Next() {
-		r, err := scanRow(rows)
-		if err != nil {
-			rows.Close()
-			return err
-		}
-		list = append(list, r)
-		byID[r.id] = r
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	if err := s.useDB(func(db *sql.DB) (err error) {
+		list, err = s.readRows(ctx, db, after)
+		return err
+	}); err != nil {
 		return err
 	}
 	if len(list) == 0 {
 		return nil
-	}
-	// References are only needed to check signatures.
-	if s.cfg.Policy.Mode == ShareSigned || s.cfg.Policy.Mode == "" {
-		refs, err := s.conn().QueryContext(ctx, `SELECT r.referrer, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer > ?`, after)
-		if err != nil {
-			return err
-		}
-		for refs.Next() {
-			var id int64
-			var p string
-			if err := refs.Scan(&id, &p); err != nil {
-				refs.Close()
-				return err
-			}
-			if r := byID[id]; r != nil {
-				r.refs = append(r.refs, p)
-			}
-		}
-		refs.Close()
-		if err := refs.Err(); err != nil {
-			return err
-		}
 	}
 	var added, removed []Hash
 	s.mu.Lock()
@@ -292,6 +308,9 @@ func (s *Store) load(ctx context.Context, after int64) error {
 		case out:
 			removed = append(removed, h)
 		}
+		if !e.shared && s.cfg.Policy.Mode != ShareNone && s.cfg.Policy.namesKey(r.sigs.String) {
+			s.rejected[r.id] = xxhash.Sum64String(r.sigs.String)
+		}
 		if r.id > s.maxID {
 			s.maxID = r.id
 		}
@@ -306,6 +325,56 @@ func (s *Store) load(ctx context.Context, after int64) error {
 		}
 	}
 	return nil
+}
+
+// readRows reads the rows with id > after, with their references when the
+// policy needs them.
+func (s *Store) readRows(ctx context.Context, db *sql.DB, after int64) ([]*pathRow, error) {
+	rows, err := s.query(ctx, db, `SELECT `+pathCols+` FROM ValidPaths WHERE id > ? ORDER BY id`, after)
+	if err != nil {
+		return nil, err
+	}
+	var list []*pathRow
+	byID := make(map[int64]*pathRow)
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		list = append(list, r)
+		byID[r.id] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(list) == 0 {
+		return nil, nil
+	}
+	// References are only needed to check signatures.
+	if s.cfg.Policy.Mode == ShareSigned || s.cfg.Policy.Mode == "" {
+		refs, err := s.query(ctx, db, `SELECT r.referrer, v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer > ?`, after)
+		if err != nil {
+			return nil, err
+		}
+		for refs.Next() {
+			var id int64
+			var p string
+			if err := refs.Scan(&id, &p); err != nil {
+				refs.Close()
+				return nil, err
+			}
+			if r := byID[id]; r != nil {
+				r.refs = append(r.refs, p)
+			}
+		}
+		refs.Close()
+		if err := refs.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return list, nil
 }
 
 // narInfo converts a DB row to a narinfo (URL and compression left empty).
@@ -351,7 +420,12 @@ func (s *Store) Run(ctx context.Context) error {
 // followWAL watches PRAGMA data_version, which changes when another
 // connection commits.
 func (s *Store) followWAL(ctx context.Context) error {
-	conn, err := s.conn().Conn(ctx)
+	// A database followed live is never swapped (see followSnapshot).
+	var conn *sql.Conn
+	err := s.useDB(func(db *sql.DB) (err error) {
+		conn, err = db.Conn(ctx)
+		return err
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -432,12 +506,20 @@ func (s *Store) followSnapshot(ctx context.Context) {
 	}
 }
 
-// swap replaces the database handle; queries under way on the old one
-// finish first.
+// swap replaces the database handle once the lookups under way on the old
+// one have finished, and closes the old one.
 func (s *Store) swap(db *sql.DB) {
-	if old := s.db.Swap(db); old != nil {
-		old.Close()
+	s.dbMu.Lock()
+	old := s.db
+	if old != nil {
+		s.db = db
 	}
+	s.dbMu.Unlock()
+	if old == nil { // closed meanwhile
+		db.Close()
+		return
+	}
+	old.Close()
 }
 
 // refresh brings the index up to date with the database.
@@ -449,7 +531,9 @@ func (s *Store) refresh(ctx context.Context) error {
 		return err
 	}
 	var count int
-	if err := s.conn().QueryRowContext(ctx, `SELECT count(*) FROM ValidPaths`).Scan(&count); err != nil {
+	if err := s.useDB(func(db *sql.DB) error {
+		return s.queryRow(ctx, db, `SELECT count(*) FROM ValidPaths`).Scan(&count)
+	}); err != nil {
 		return err
 	}
 	s.mu.RLock()
@@ -465,21 +549,24 @@ func (s *Store) refresh(ctx context.Context) error {
 
 // sweepDeleted drops paths that are no longer valid (garbage collected).
 func (s *Store) sweepDeleted(ctx context.Context) error {
-	rows, err := s.conn().QueryContext(ctx, `SELECT id FROM ValidPaths`)
-	if err != nil {
-		return err
-	}
+	s.mu.RLock()
 	live := make(map[int64]struct{}, len(s.byID))
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
+	s.mu.RUnlock()
+	if err := s.useDB(func(db *sql.DB) error {
+		rows, err := s.query(ctx, db, `SELECT id FROM ValidPaths`)
+		if err != nil {
 			return err
 		}
-		live[id] = struct{}{}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			live[id] = struct{}{}
+		}
+		return rows.Err()
+	}); err != nil {
 		return err
 	}
 	var removed []Hash
@@ -502,47 +589,110 @@ func (s *Store) sweepDeleted(ctx context.Context) error {
 	return nil
 }
 
-// maxRecheck bounds how many unshared paths are re-checked per change: a
-// machine with many unsigned local builds pays for it only up to this.
-const maxRecheck = 10_000
+// recheckBatch is how many unshared rows one recheck query covers.
+const recheckBatch = 2048
 
-// recheckUnshared re-evaluates the share policy of paths not shared yet:
-// `nix store sign` adds signatures to existing rows.
+// recheckUnshared shares paths that gained a trusted signature since they
+// were indexed: `nix store sign` adds signatures to existing rows. One
+// query per recheckBatch unshared paths reads their sigs; only a row whose
+// signatures name a trusted key, and changed since it was last checked, is
+// read in full and checked. Paths with none (.drv files, local builds) cost
+// nothing more, however many there are.
 func (s *Store) recheckUnshared(ctx context.Context) error {
-	if s.cfg.Policy.Mode == ShareNone || s.cfg.Policy.Mode == ShareAll {
-		return nil
+	if s.cfg.Policy.Mode != ShareSigned && s.cfg.Policy.Mode != "" || len(s.cfg.Policy.Keys) == 0 {
+		return nil // nothing unshared can become shared
 	}
 	s.mu.RLock()
-	var todo []Hash
-	for h, e := range s.byHash {
+	ids := make([]int64, 0, len(s.byHash)-s.shared)
+	for _, e := range s.byHash {
 		if !e.shared {
-			todo = append(todo, h)
-			if len(todo) == maxRecheck {
-				break
-			}
+			ids = append(ids, e.id)
 		}
 	}
 	s.mu.RUnlock()
 	var added []Hash
-	for _, h := range todo {
-		info, err := s.lookup(ctx, h)
-		if err != nil {
-			continue
-		}
-		if s.cfg.Policy.Shares(info) {
-			s.mu.Lock()
-			if e, ok := s.byHash[h]; ok && !e.shared {
-				e.shared = true
-				s.putLocked(h, e)
-				added = append(added, h)
-			}
-			s.mu.Unlock()
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), recheckBatch)]
+		ids = ids[len(batch):]
+		if err := s.useDB(func(db *sql.DB) error {
+			more, err := s.recheck(ctx, db, batch)
+			added = append(added, more...)
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	if len(added) > 0 && s.cfg.Inventory != nil {
 		s.cfg.Inventory.Add(added...)
 	}
 	return nil
+}
+
+// recheck re-evaluates the rows ids (unshared when listed) and returns the
+// hashes that are shared now.
+func (s *Store) recheck(ctx context.Context, db *sql.DB, ids []int64) ([]Hash, error) {
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.query(ctx, db, `SELECT id, sigs FROM ValidPaths WHERE id IN (SELECT value FROM json_each(?)) AND sigs IS NOT NULL AND sigs != ''`, string(list))
+	if err != nil {
+		return nil, err
+	}
+	type candidate struct {
+		id  int64
+		sum uint64 // of its sigs
+	}
+	var todo []candidate
+	for rows.Next() {
+		var id int64
+		var sigs string
+		if err := rows.Scan(&id, &sigs); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if !s.cfg.Policy.namesKey(sigs) {
+			continue
+		}
+		sum := xxhash.Sum64String(sigs)
+		s.mu.RLock()
+		seen, ok := s.rejected[id]
+		s.mu.RUnlock()
+		if !ok || seen != sum {
+			todo = append(todo, candidate{id, sum})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var added []Hash
+	for _, c := range todo {
+		s.mu.RLock()
+		h, ok := s.byID[c.id]
+		e := s.byHash[h]
+		s.mu.RUnlock()
+		if !ok || e.id != c.id || e.shared {
+			continue
+		}
+		info, err := s.readRow(ctx, db, e)
+		if err != nil {
+			continue // gone meanwhile; the sweep drops it
+		}
+		shares := s.cfg.Policy.Shares(info)
+		s.mu.Lock()
+		if cur, ok := s.byHash[h]; ok && cur.id == c.id && !cur.shared {
+			if shares {
+				cur.shared = true
+				s.putLocked(h, cur)
+				added = append(added, h)
+			} else {
+				s.rejected[c.id] = c.sum
+			}
+		}
+		s.mu.Unlock()
+	}
+	return added, nil
 }
 
 // lookup reads the current metadata of h from the database.
@@ -553,15 +703,24 @@ func (s *Store) lookup(ctx context.Context, h Hash) (*NarInfo, error) {
 	if !ok {
 		return nil, ErrNotFound
 	}
-	db := s.conn()
-	r, err := scanRow(db.QueryRowContext(ctx, `SELECT `+pathCols+` FROM ValidPaths WHERE id = ?`, e.id))
+	var info *NarInfo
+	err := s.useDB(func(db *sql.DB) (err error) {
+		info, err = s.readRow(ctx, db, e)
+		return err
+	})
+	return info, err
+}
+
+// readRow reads the row of e and its references.
+func (s *Store) readRow(ctx context.Context, db *sql.DB, e storeEntry) (*NarInfo, error) {
+	r, err := scanRow(s.queryRow(ctx, db, `SELECT `+pathCols+` FROM ValidPaths WHERE id = ?`, e.id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("query %s in %s: %w", e.base, s.dbPath, err)
 	}
-	rows, err := db.QueryContext(ctx, `SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?`, e.id)
+	rows, err := s.query(ctx, db, `SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?`, e.id)
 	if err != nil {
 		return nil, fmt.Errorf("query references of %s in %s: %w", e.base, s.dbPath, err)
 	}

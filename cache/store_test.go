@@ -3,10 +3,12 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -151,17 +153,9 @@ func TestStoreReRegisteredPath(t *testing.T) {
 	root, paths := chrootStore(t, "again", "other")
 	sk, pk := testKeys(t)
 	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, paths[0], paths[1])
-	keys, err := ParsePublicKeys(pk)
-	if err != nil {
-		t.Fatal(err)
-	}
 	inv := NewInventory()
 	ctx := context.Background()
-	st, err := OpenStore(ctx, StoreConfig{Root: root, Policy: Policy{Mode: ShareSigned, Keys: keys}, Inventory: inv})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openSigned(t, root, pk, inv)
 	h, _, _ := SplitStorePath(paths[0])
 
 	nixCmd(t, "nix-store", "--store", root, "--delete", paths[0])
@@ -189,4 +183,131 @@ func TestStoreReRegisteredPath(t *testing.T) {
 	if valid, shared := st.Len(); valid != 1 || shared != 1 || inv.Len() != 1 {
 		t.Fatalf("valid %d shared %d inventory %d, want 1 1 1", valid, shared, inv.Len())
 	}
+}
+
+// addPaths adds many unsigned paths in one nix-store call.
+func addPaths(t testing.TB, root, prefix string, n int) []string {
+	t.Helper()
+	args := []string{"nix-store", "--store", root, "--add"}
+	for i := range n {
+		dir := filepath.Join(t.TempDir(), fmt.Sprintf("%s%d", prefix, i))
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "file"), []byte("content of "+dir), 0o644)
+		args = append(args, dir)
+	}
+	return strings.Fields(nixCmd(t, args...))
+}
+
+// A change to the database costs a few queries, not two per unshared path:
+// paths without a trusted signature (.drv files, local builds) are not
+// looked up again, and one with a trusted-named signature that does not
+// verify is looked up once, not at every change.
+func TestStoreRefreshCost(t *testing.T) {
+	const unsigned = 40
+	root, _ := chrootStore(t)
+	paths := addPaths(t, root, "drv", unsigned)
+	sk, pk := testKeys(t)
+	// A key with the trusted key's name but other bytes: its signature
+	// names a trusted key and never verifies.
+	d := t.TempDir()
+	nixCmd(t, "nix-store", "--generate-binary-cache-key", "lancache-test-1", filepath.Join(d, "sk"), filepath.Join(d, "pk"))
+	forged := addPath(t, root, "forged")
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", filepath.Join(d, "sk"), forged)
+
+	inv := NewInventory()
+	ctx := context.Background()
+	st := openSigned(t, root, pk, inv)
+	cost := func(what string, max int64) {
+		t.Helper()
+		before := st.queries.Load()
+		if err := st.refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n := st.queries.Load() - before
+		t.Logf("%s: %d queries", what, n)
+		if n > max {
+			t.Errorf("%s: %d queries, want at most %d (%d unshared paths)", what, n, max, unsigned+1)
+		}
+	}
+	// load, count, one recheck query; a new row adds its references.
+	cost("first refresh", 3)
+	addPath(t, root, "new")
+	cost("a new unsigned path", 4)
+	cost("no change", 3)
+	// A signature appears: that row alone is read in full (2 queries).
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, paths[3])
+	cost("one path signed", 5)
+	cost("no change after signing", 3)
+	// The forged row gains a good signature: its sigs changed, so it is
+	// read again and shared.
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, forged)
+	cost("forged path signed properly", 5)
+	for _, p := range []string{paths[3], forged} {
+		h, _, _ := SplitStorePath(p)
+		if !st.Has(h) || !inv.Has(h) {
+			t.Fatalf("%s, signed later, is not shared", p)
+		}
+	}
+	if valid, shared := st.Len(); valid != unsigned+2 || shared != 2 {
+		t.Fatalf("valid %d shared %d, want %d 2", valid, shared, unsigned+2)
+	}
+}
+
+// Swapping the database handle (as a snapshot store does when the file
+// changes) never fails a lookup that is under way on the old one.
+func TestStoreSwapUnderLookups(t *testing.T) {
+	root, paths := chrootStore(t, "swapped")
+	sk, pk := testKeys(t)
+	nixCmd(t, "nix", "store", "sign", "--store", root, "-k", sk, paths[0])
+	ctx := context.Background()
+	st := openSigned(t, root, pk, nil)
+	h, _, _ := SplitStorePath(paths[0])
+	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					errs <- nil
+					return
+				default:
+				}
+				if _, err := st.NarInfo(ctx, h); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for range 30 {
+		db, err := st.openDB(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.swap(db)
+	}
+	close(stop)
+	wg.Wait()
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatalf("lookup during a handle swap: %v", err)
+		}
+	}
+}
+
+// openSigned opens the store at root sharing what the key pk signed.
+func openSigned(t *testing.T, root, pk string, inv *Inventory) *Store {
+	t.Helper()
+	keys, err := ParsePublicKeys(pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenStore(context.Background(), StoreConfig{Root: root, Policy: Policy{Mode: ShareSigned, Keys: keys}, Inventory: inv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }

@@ -125,7 +125,7 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 func requireNix(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root: builds into chroot Nix stores (--store DIR) need it; run `sudo ./test.sh`")
+		skipOrFail(t, "needs root: builds into chroot Nix stores (--store DIR) need it; run ./test.sh as root (sudo ./test.sh)")
 	}
 	for _, tool := range []string{"nix", "nix-build", "nix-store"} {
 		if _, err := exec.LookPath(tool); err != nil {

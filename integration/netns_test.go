@@ -44,7 +44,7 @@ var lanSeq atomic.Int32
 func requireNetns(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "needs root to create network namespaces; run `sudo ./test.sh`")
+		skipOrFail(t, "needs root to create network namespaces; run ./test.sh as root (sudo ./test.sh)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		skipOrFail(t, "needs ip (apt-get install iproute2): %v", err)

@@ -193,8 +193,8 @@ type Node struct {
 	holdBudget *semaphore.Weighted
 	codecs     *codecs
 	decomp     cache.Decompressors // of held and received compressed files
-	infos      *infoCache // narinfos learned from peers, by hash
-	blame      *blame     // who served which bytes of NARs that failed
+	infos      *infoCache          // narinfos learned from peers, by hash
+	blame      *blame              // who served which bytes of NARs that failed
 
 	narInfosServed atomic.Int64 // narinfo requests answered to peers
 	testHookAwait  func()       // called when a narinfo miss waits for inventories

@@ -12,20 +12,25 @@ import (
 
 // PeerStatus describes one peer for the status API and the TUI.
 type PeerStatus struct {
-	ID               string              `json:"id,omitempty"` // empty until first connected
-	Name             string              `json:"name,omitempty"`
-	Addr             string              `json:"addr"`
-	State            statusapi.PeerState `json:"state"`
-	Dialed           bool                `json:"dialed"` // this node dialed it (a static peer)
-	RTT              time.Duration       `json:"rtt_ns"`
-	Paths            int                 `json:"paths"` // paths it advertises
-	BytesIn          int64               `json:"bytes_in"`
-	BytesOut         int64               `json:"bytes_out"`
-	Active           int                 `json:"active"` // requests in flight to it
-	ConnectedSince   time.Time           `json:"connected_since,omitzero"`
-	HashMismatches   int                 `json:"hash_mismatches,omitempty"`
-	BlocklistedUntil time.Time           `json:"blocklisted_until,omitzero"`
-	LastError        string              `json:"last_error,omitempty"`
+	ID     string              `json:"id,omitempty"` // empty until first connected
+	Name   string              `json:"name,omitempty"`
+	Addr   string              `json:"addr"`
+	State  statusapi.PeerState `json:"state"`
+	Dialed bool                `json:"dialed"` // this node dialed the connection (an AddPeer target)
+	// Targets are the AddPeer addresses that lead to this peer, whether the
+	// connection was dialed or accepted; empty for a peer that only dialed
+	// in. The caller knows which of them are static (--peer) and which came
+	// from mDNS.
+	Targets          []string      `json:"targets,omitempty"`
+	RTT              time.Duration `json:"rtt_ns"`
+	Paths            int           `json:"paths"` // paths it advertises
+	BytesIn          int64         `json:"bytes_in"`
+	BytesOut         int64         `json:"bytes_out"`
+	Active           int           `json:"active"` // requests in flight to it
+	ConnectedSince   time.Time     `json:"connected_since,omitzero"`
+	HashMismatches   int           `json:"hash_mismatches,omitempty"`
+	BlocklistedUntil time.Time     `json:"blocklisted_until,omitzero"`
+	LastError        string        `json:"last_error,omitempty"`
 }
 
 // Peers lists the connected peers and the static peers not connected, by
@@ -50,10 +55,12 @@ func (n *Node) Peers() []PeerStatus {
 			ConnectedSince: s.since,
 		}
 		for _, t := range n.targets {
-			if t.id == s.id {
+			if t.id == s.id || s.target == t {
 				seen[t] = true
+				ps.Targets = append(ps.Targets, t.addr)
 			}
 		}
+		slices.Sort(ps.Targets)
 		out = append(out, ps)
 	}
 	for _, t := range n.targets {
@@ -64,7 +71,7 @@ func (n *Node) Peers() []PeerStatus {
 		if st != statusapi.StateBackoff {
 			st = statusapi.StateConnecting
 		}
-		out = append(out, PeerStatus{ID: t.id, Addr: t.addr, State: st, Dialed: true, LastError: t.lastErr})
+		out = append(out, PeerStatus{ID: t.id, Addr: t.addr, State: st, Dialed: true, Targets: []string{t.addr}, LastError: t.lastErr})
 	}
 	for i := range out {
 		if ps := n.peerInfo[out[i].ID]; out[i].ID != "" && ps != nil {

@@ -35,7 +35,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.QUICAddr, "quic", ":37516", "UDP `ADDR` of the peer listener")
 	fs.Var(&upstreams, "upstream", "pull-through binary cache `URL`, repeatable, tried in order; with --cache-dir each NAR is downloaded once for the LAN")
 	fs.StringVar(&cfg.TrustedPublicKeys, "trusted-public-keys", lancache.DefaultTrustedPublicKeys, "space-separated `KEYS` (name:base64) whose signatures make a path shareable and a peer's narinfo acceptable")
-	fs.StringVar(&cfg.Share, "share", "signed", "which local store paths to offer: signed (only paths signed by a trusted key), all, or none")
+	fs.StringVar(&cfg.Share, "share", "signed", "what this node offers to peers: signed (store paths signed by a trusted key, and the NAR cache), all (every store path, and the NAR cache), or none (nothing: no store path, no NAR cache entry; the local Nix is still served, and peers and upstreams are still used)")
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
 	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery (use --peer where multicast is blocked)")

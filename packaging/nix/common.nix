@@ -99,7 +99,8 @@ rec {
       description = ''
         Which local store paths to offer to peers (`--share`): `signed` only paths
         signed by a trusted key (public content), `all` also paths built here,
-        `none` nothing.
+        `none` nothing at all, not even the NAR cache (the local Nix is still
+        served, and peers and upstreams are still used).
       '';
     };
 

@@ -66,6 +66,13 @@ type Config struct {
 	MaxPeerPaths int
 	// MaxPeers bounds the number of connected peers (default 256).
 	MaxPeers int
+	// MaxIndexEntries bounds the inventory index over all peers: the
+	// number of distinct (group of 64 peers, path) entries, about 38 bytes
+	// each (default 4,000,000, ~150 MB at most). Paths that several peers
+	// offer cost one entry, so an honest fleet fits many times that in
+	// (peer, path) pairs. When full, the largest offer is dropped (see
+	// index); PeerIndex counts the drops.
+	MaxIndexEntries int
 }
 
 func (c *Config) setDefaults() {
@@ -87,6 +94,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxUploadsPerPeer, 8)
 	defInt(&c.MaxPeerPaths, 2_000_000)
 	defInt(&c.MaxPeers, 256)
+	defInt(&c.MaxIndexEntries, 4_000_000)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -146,6 +154,7 @@ type Node struct {
 	// holdBudget bounds the bytes of NARs held in memory until verified
 	// (see verifyFirstMax).
 	holdBudget *semaphore.Weighted
+	memory     memoryReturner
 
 	mu       sync.Mutex
 	runCtx   context.Context // nil until Run
@@ -221,7 +230,6 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		ident:    ident,
 		local:    local,
 		inv:      inv,
-		idx:      newIndex(),
 		udp:      udp,
 		tr:       tr,
 		ln:       ln,
@@ -232,6 +240,7 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 
 		holdBudget: semaphore.NewWeighted(verifyFirstBudget),
 	}
+	n.idx = newIndex(cfg.MaxIndexEntries, n.memory.freed)
 	n.xfers.init()
 	return n, nil
 }
@@ -277,6 +286,7 @@ func (n *Node) Run(ctx context.Context) error {
 		s.cancel(errShutdown)
 	}
 	n.wg.Wait()
+	n.memory.stop()
 	n.Close()
 	return nil
 }
@@ -535,7 +545,6 @@ func (n *Node) register(s *session) error {
 		old.cancel(errDuplicate)
 	}
 	n.sessions[s.id] = s
-	s.slot = n.idx.alloc(s)
 	return nil
 }
 
@@ -546,7 +555,7 @@ func (n *Node) unregister(s *session) {
 		delete(n.sessions, s.id)
 	}
 	n.mu.Unlock()
-	n.idx.release(s.slot)
+	n.idx.release(s)
 }
 
 // isDuplicate reports whether a session ended because the two nodes had

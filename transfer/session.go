@@ -28,7 +28,6 @@ type session struct {
 	dialed bool    // this node dialed it
 	target *target // the target it was dialed for, if dialed
 	since  time.Time
-	slot   int
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -232,26 +231,30 @@ func (s *session) readControl() error {
 	}
 	for {
 		s.ctrl.SetReadDeadline(time.Now().Add(3*s.n.cfg.KeepAlive + 5*time.Second))
-		t, p, err := readFrame(s.ctrl)
+		t, n, err := readHeader(s.ctrl)
+		if err != nil {
+			return fmt.Errorf("control stream: %w", err)
+		}
+		if t == typeSnapshot {
+			// Decoded as it streams in, straight into the index.
+			m, err := s.readSnapshot(n)
+			switch {
+			case errors.Is(err, errOfferDropped):
+				synced = false // deltas are ignored until a snapshot fits
+				s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name, "paths", m.Count)
+			case err != nil:
+				return fmt.Errorf("control stream: snapshot: %w", err)
+			default:
+				synced, seq, fp = true, m.Seq, m.FP
+				s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", m.Count, "bytes", n)
+			}
+			continue
+		}
+		p, err := readPayload(s.ctrl, t, n)
 		if err != nil {
 			return fmt.Errorf("control stream: %w", err)
 		}
 		switch t {
-		case typeSnapshot:
-			m, err := parseSnapshot(p)
-			if err != nil {
-				return err
-			}
-			if int64(m.Count) > int64(s.n.cfg.MaxPeerPaths) {
-				return fmt.Errorf("%w: snapshot of %d paths", errTooManyPaths, m.Count)
-			}
-			keys, err := decodeKeys(m.Data, int(m.Count), m.K)
-			if err != nil {
-				return err
-			}
-			s.n.idx.replace(s.slot, keys)
-			synced, seq, fp = true, m.Seq, m.FP
-			s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", len(keys), "bytes", len(p))
 		case typeDelta:
 			m, err := parseDelta(p)
 			if err != nil {
@@ -271,7 +274,13 @@ func (s *session) readControl() error {
 				ops[i] = keyOp{key: keyOf(c.Hash), remove: c.Removed}
 				fp ^= cache.HashKey(c.Hash)
 			}
-			if n := s.n.idx.apply(s.slot, ops); n > s.n.cfg.MaxPeerPaths {
+			n, err := s.n.idx.apply(s, ops)
+			if errors.Is(err, errOfferDropped) {
+				synced = false
+				s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name)
+				continue
+			}
+			if n > s.n.cfg.MaxPeerPaths {
 				return fmt.Errorf("%w: %d paths", errTooManyPaths, n)
 			}
 			seq = m.To
@@ -299,6 +308,45 @@ func (s *session) readControl() error {
 			return fmt.Errorf("%w: frame type %#x on the control stream", ErrProtocol, t)
 		}
 	}
+}
+
+// readSnapshot reads the payload of an n-byte snapshot frame from the
+// control stream and makes it the peer's offer, decoding the keys as they
+// arrive. An offer the index has no room for is read to its end, so the
+// stream stays in step, and errOfferDropped returned.
+func (s *session) readSnapshot(n uint32) (*snapshot, error) {
+	if n < snapshotHeaderLen {
+		return nil, fmt.Errorf("%w: snapshot of %d bytes", ErrProtocol, n)
+	}
+	var hdr [snapshotHeaderLen]byte
+	if _, err := io.ReadFull(s.ctrl, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%w: truncated snapshot: %w", ErrProtocol, err)
+		}
+		return nil, err
+	}
+	m, err := parseSnapshotHeader(hdr[:])
+	if err != nil {
+		return nil, err
+	}
+	if int64(m.Count) > int64(s.n.cfg.MaxPeerPaths) {
+		return nil, fmt.Errorf("%w: snapshot of %d paths", errTooManyPaths, m.Count)
+	}
+	size := int64(n) - snapshotHeaderLen
+	br := bufio.NewReaderSize(io.LimitReader(s.ctrl, size), 32<<10)
+	dec, err := newKeyDecoder(br, size, int(m.Count), m.K)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.idx.replace(s, int(m.Count), dec); err != nil {
+		if errors.Is(err, errOfferDropped) {
+			if _, cerr := io.Copy(io.Discard, br); cerr != nil {
+				return nil, cerr
+			}
+		}
+		return m, err
+	}
+	return m, dec.end()
 }
 
 // writeCtrl writes one frame to the control stream. Both the writer and

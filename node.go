@@ -355,6 +355,8 @@ func (n *Node) Status() Status {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
+	pi := n.peers.PeerIndex()
+	s.PeerIndex = PeerIndexStatus{Entries: pi.Entries, MaxEntries: pi.MaxEntries, OffersDropped: uint64(pi.OffersDropped)}
 	for _, t := range n.peers.Transfers() {
 		end := t.Finished
 		if end.IsZero() {

@@ -1,6 +1,8 @@
 package transfer
 
 import (
+	"bufio"
+	"bytes"
 	"math/rand/v2"
 	"runtime"
 	"slices"
@@ -215,4 +217,33 @@ func TestIndexShrinks(t *testing.T) {
 		t.Error("the remaining offer lost keys in the rebuild")
 	}
 	runtime.KeepAlive(x)
+}
+
+// TestSnapshotDecodeStreams: decoding a snapshot as it streams costs a
+// fixed buffer, neither the payload nor a slice of its keys.
+func TestSnapshotDecodeStreams(t *testing.T) {
+	keys := randomKeys(7, 500_000)
+	k, data := encodeKeys(keys)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	br := bufio.NewReaderSize(bytes.NewReader(data), 32<<10)
+	d, err := newKeyDecoder(br, int64(len(data)), len(keys), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range keys {
+		if got, err := d.next(); err != nil || got != want {
+			t.Fatalf("key %d: %d, %v; want %d", i, got, err, want)
+		}
+	}
+	if err := d.end(); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("decoded %d keys (%d bytes coded) with %d bytes allocated", len(keys), len(data), alloc)
+	if alloc > 256<<10 {
+		t.Errorf("decoding allocated %d bytes, want a fixed buffer (coded set: %d bytes)", alloc, len(data))
+	}
 }

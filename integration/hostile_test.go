@@ -1,37 +1,40 @@
 package integration
 
 import (
-	"context"
+	"bufio"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/lancache/lancache"
-	"github.com/lancache/lancache/cache"
-	"github.com/lancache/lancache/transfer"
 )
 
 // TestHostileInventories: with open peering, a hostile LAN host runs
-// several peer identities (the project's own transfer.Node, in its own
-// namespace) that advertise millions of paths they do not have, at the
-// per-peer limit, one of them replacing its whole inventory. The daemon's
-// memory stays bounded, comes back near its baseline when they leave, and
-// an honest peer's paths still substitute through it all along.
+// several peer identities (integration/rogue: the project's own
+// transfer.Node, in its own namespace) that advertise millions of paths
+// they do not have, at the per-peer limit, one of them replacing its whole
+// inventory. The daemon's memory stays bounded, comes back near its
+// baseline when they leave, and an honest peer's paths substitute through
+// it all along.
 //
+// Memory is measured on the daemon as shipped: under -race this test runs a
+// daemon built without it, since the race detector multiplies memory.
 // Subnet 40 is this test's.
 func TestHostileInventories(t *testing.T) {
 	fx := newStoreFixture(t)
+	daemonBin, rogueBin := memoryTestBins(t)
 	l := newLAN(t, 40)
 	hv, hh, hr := l.addHost("victim"), l.addHost("honest"), l.addHost("rogue")
 	keys := []string{fx.Key}
 	hh.startDaemon(t, nsServe{StoreRoot: fx.Root, Keys: keys})
-	victim := hv.startDaemon(t, nsServe{Keys: keys, Args: peerArgs(hh)})
+	victim := hv.startDaemon(t, nsServe{Keys: keys, Args: peerArgs(hh), Bin: daemonBin})
 	waitPeerConnected(t, victim, "honest")
 	pid := victim.cmd.Process.Pid
 	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err != nil || strings.TrimSpace(string(comm)) != "lancache" {
@@ -51,45 +54,33 @@ func TestHostileInventories(t *testing.T) {
 	}
 	copyVia("before the attack")
 	base := procMem(t, pid)
-	t.Logf("victim baseline: VmRSS %d MB, VmHWM %d MB", base.rss>>20, base.hwm>>20)
+	t.Logf("victim baseline: VmRSS %d MB", base.rss>>20)
 
 	const perPeer = 2_000_000 // transfer.Config.MaxPeerPaths
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	victimAddr := quicPeer(hv)
 
 	// One identity replaces its inventory of perPeer paths with another,
-	// in steps that each make it send a new snapshot (its delta log is
-	// outgrown); it ends with perPeer-1 so that the end is visible.
-	r1 := startRogue(ctx, t, hr, "rogue1", victimAddr)
-	started := []*rogue{r1}
-	a := fakeHashes(1, perPeer)
-	r1.inv.Add(a...)
+	// in steps that each make it send a new snapshot; it ends with
+	// perPeer-1 paths so that the end is visible.
+	r1 := startRogue(t, hr, rogueBin, "rogue1", victimAddr)
+	r1.offer(t, 1, perPeer)
 	waitVictim(t, victim, "rogue1 indexed", func(st *lancache.Status) bool { return peerPaths(st, "rogue1") == perPeer })
-	b := fakeHashes(2, perPeer-1)
-	const step = 250_000
-	for i := 0; i < perPeer; i += step {
-		r1.inv.Remove(a[i:min(i+step, len(a))]...)
-		r1.inv.Add(b[min(i, len(b)):min(i+step, len(b))]...)
-	}
-	a, b = nil, nil
+	r1.offer(t, 2, perPeer-1)
 	waitVictim(t, victim, "rogue1's new inventory", func(st *lancache.Status) bool { return peerPaths(st, "rogue1") == perPeer-1 })
 
 	// More identities, each with as many other paths.
-	rogues := []string{"rogue1"}
+	rogues := []*rogue{r1}
 	for i := 2; i <= 4; i++ {
-		name := "rogue" + strconv.Itoa(i)
-		r := startRogue(ctx, t, hr, name, victimAddr)
-		r.inv.Add(fakeHashes(uint64(i+1), perPeer)...)
-		rogues = append(rogues, name)
-		started = append(started, r)
+		r := startRogue(t, hr, rogueBin, "rogue"+strconv.Itoa(i), victimAddr)
+		r.offer(t, uint64(i+1), perPeer)
+		rogues = append(rogues, r)
 	}
 	// Settled: every rogue connected, each either indexed in full or its
 	// offer counted as dropped.
 	waitVictim(t, victim, "every rogue indexed or dropped", func(st *lancache.Status) bool {
 		missing := 0
-		for _, name := range rogues {
-			p := findPeer(st, name)
+		for _, r := range rogues {
+			p := findPeer(st, r.name)
 			if p == nil || p.State != "connected" {
 				return false
 			}
@@ -101,20 +92,14 @@ func TestHostileInventories(t *testing.T) {
 		}
 		return uint64(missing) <= st.PeerIndex.OffersDropped
 	})
-	peak := procMem(t, pid)
 	st, err := victim.status()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("victim under attack: VmRSS %d MB, VmHWM %d MB; index %d of %d entries, %d offers dropped",
-		peak.rss>>20, peak.hwm>>20, st.PeerIndex.Entries, st.PeerIndex.MaxEntries, st.PeerIndex.OffersDropped)
+	t.Logf("victim under attack: VmRSS %d MB; index %d of %d entries, %d offers dropped",
+		procMem(t, pid).rss>>20, st.PeerIndex.Entries, st.PeerIndex.MaxEntries, st.PeerIndex.OffersDropped)
 	for _, p := range st.Peers {
 		t.Logf("  peer %s: %s, %d paths", p.Name, p.State, p.PathsAdvertised)
-	}
-	// The index holds at most 4M entries of ~38 bytes (~150 MB); without a
-	// bound the attack above costs over 400 MB.
-	if grow := int64(peak.hwm) - int64(base.rss); grow > 300<<20 {
-		t.Errorf("victim's peak memory grew by %d MB under the attack, want ≤ 300 MB", grow>>20)
 	}
 	if st.PeerIndex.Entries > st.PeerIndex.MaxEntries || st.PeerIndex.OffersDropped == 0 {
 		t.Errorf("index %+v: want within its bound, with the drops counted", st.PeerIndex)
@@ -129,13 +114,12 @@ func TestHostileInventories(t *testing.T) {
 	copyVia("under the attack")
 
 	// The rogues leave; what they cost is given back.
-	cancel()
-	for _, r := range started {
-		<-r.done
+	for _, r := range rogues {
+		r.stop(t)
 	}
 	waitVictim(t, victim, "rogues gone", func(st *lancache.Status) bool {
-		for _, name := range rogues {
-			if findPeer(st, name) != nil {
+		for _, r := range rogues {
+			if findPeer(st, r.name) != nil {
 				return false
 			}
 		}
@@ -150,67 +134,110 @@ func TestHostileInventories(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("victim after the rogues left: VmRSS %d MB (baseline %d MB)", after.rss>>20, base.rss>>20)
+	t.Logf("victim after the rogues left: VmRSS %d MB (baseline %d MB), peak %d MB", after.rss>>20, base.rss>>20, after.hwm>>20)
+	// The index holds at most 4M entries of ~38 bytes (~150 MB); without a
+	// bound the attack above costs over 400 MB.
+	if grow := int64(after.hwm) - int64(base.rss); grow > 300<<20 {
+		t.Errorf("victim's peak memory grew by %d MB during the attack, want ≤ 300 MB", grow>>20)
+	}
 	if after.rss > base.rss+64<<20 {
 		t.Errorf("victim's memory is %d MB 60s after the rogues left, baseline %d MB: want within 64 MB of it", after.rss>>20, base.rss>>20)
 	}
 	copyVia("after the attack")
 }
 
-// rogue is a peer identity of the hostile host: a real transfer.Node that
-// advertises the fake hashes in inv and holds nothing.
+var (
+	memBinsOnce         sync.Once
+	memDaemon, memRogue string
+	memBinsErr          error
+)
+
+// memoryTestBins returns a daemon binary without the race detector (the
+// one under test unless that has it) and integration/rogue.
+func memoryTestBins(t *testing.T) (daemon, rogue string) {
+	t.Helper()
+	memBinsOnce.Do(func() {
+		if memRogue, memBinsErr = goBuild("rogue", "github.com/lancache/lancache/integration/rogue", false); memBinsErr != nil {
+			return
+		}
+		if !raceEnabled || os.Getenv("LANCACHE_BIN") != "" {
+			return // memDaemon "" = lancacheBin
+		}
+		memDaemon, memBinsErr = goBuild("norace/lancache", "github.com/lancache/lancache/cmd/lancache", false)
+	})
+	if memBinsErr != nil {
+		t.Fatal(memBinsErr)
+	}
+	return memDaemon, memRogue
+}
+
+// rogue is a running integration/rogue process: one hostile identity.
 type rogue struct {
-	inv  *cache.Inventory
-	done chan struct{}
+	name  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string // its stdout
+	logs  *syncBuffer
 }
 
 // startRogue starts a rogue identity in h's namespace, dialing addr.
-func startRogue(ctx context.Context, t *testing.T, h *host, name, addr string) *rogue {
+func startRogue(t *testing.T, h *host, bin, name, addr string) *rogue {
 	t.Helper()
-	r := &rogue{inv: cache.NewInventory(), done: make(chan struct{})}
-	var n *transfer.Node
-	err := inNS(h.NS, func() error {
-		var err error
-		n, err = transfer.New(transfer.Config{ListenAddr: h.IP + ":0", StateDir: t.TempDir(), Name: name}, nothing{}, r.inv)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("rogue %s: %v", name, err)
+	r := &rogue{name: name, lines: make(chan string, 16), logs: &syncBuffer{}}
+	r.cmd = exec.Command("ip", "netns", "exec", h.NS, bin,
+		"--listen", h.IP+":0", "--peer", addr, "--name", name, "--state-dir", t.TempDir())
+	r.cmd.Stderr = r.logs
+	var err error
+	if r.stdin, err = r.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
 	}
-	n.AddPeer(addr, "")
+	stdout, err := r.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatalf("start rogue: %v", err)
+	}
 	go func() {
-		defer close(r.done)
-		n.Run(ctx)
+		defer close(r.lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			r.lines <- sc.Text()
+		}
 	}()
-	t.Cleanup(func() { <-r.done })
+	t.Cleanup(func() {
+		if r.cmd.ProcessState == nil {
+			r.cmd.Process.Kill()
+			r.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("--- %s output ---\n%s", name, r.logs.String())
+		}
+	})
 	return r
 }
 
-// nothing is the rogue's store: it has no path it advertises.
-type nothing struct{}
-
-func (nothing) NarInfo(context.Context, cache.Hash) (*cache.NarInfo, error) {
-	return nil, cache.ErrNotFound
-}
-
-func (nothing) WriteNAR(context.Context, io.Writer, *cache.NarInfo, int64, int64) error {
-	return cache.ErrNotFound
-}
-
-// fakeHashes returns n distinct made-up store-path hashes drawn from seed.
-func fakeHashes(seed uint64, n int) []cache.Hash {
-	r := rand.New(rand.NewPCG(seed, 40))
-	hs := make([]cache.Hash, n)
-	for i := range hs {
-		for j := 0; j < len(hs[i]); j += 8 {
-			v := r.Uint64()
-			for k := j; k < min(j+8, len(hs[i])); k++ {
-				hs[i][k] = byte(v)
-				v >>= 8
-			}
+// offer makes the rogue offer n made-up paths drawn from seed.
+func (r *rogue) offer(t *testing.T, seed uint64, n int) {
+	t.Helper()
+	fmt.Fprintf(r.stdin, "offer %d %d\n", seed, n)
+	select {
+	case line := <-r.lines:
+		if line != "ok" {
+			t.Fatalf("%s: offer: %q\n%s", r.name, line, r.logs.String())
 		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("%s: no answer to offer after 2 minutes\n%s", r.name, r.logs.String())
 	}
-	return hs
+}
+
+// stop makes the rogue leave and waits for it to exit.
+func (r *rogue) stop(t *testing.T) {
+	t.Helper()
+	r.stdin.Close()
+	if err := r.cmd.Wait(); err != nil {
+		t.Errorf("%s: %v\n%s", r.name, err, r.logs.String())
+	}
 }
 
 // peerPaths is how many paths st says the peer named name advertises.

@@ -135,10 +135,11 @@ func TestHostileInventories(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Logf("victim after the rogues left: VmRSS %d MB (baseline %d MB), peak %d MB", after.rss>>20, base.rss>>20, after.hwm>>20)
-	// The index holds at most 4M entries of ~38 bytes (~150 MB); without a
-	// bound the attack above costs over 400 MB.
-	if grow := int64(after.hwm) - int64(base.rss); grow > 300<<20 {
-		t.Errorf("victim's peak memory grew by %d MB during the attack, want ≤ 300 MB", grow>>20)
+	// The index holds at most 4M entries of ~38 bytes (~150 MB live; the
+	// peak is about 260 MB with what the collector has yet to reclaim);
+	// without a bound the attack above costs over 500 MB.
+	if grow := int64(after.hwm) - int64(base.rss); grow > 380<<20 {
+		t.Errorf("victim's peak memory grew by %d MB during the attack, want ≤ 380 MB", grow>>20)
 	}
 	if after.rss > base.rss+64<<20 {
 		t.Errorf("victim's memory is %d MB 60s after the rogues left, baseline %d MB: want within 64 MB of it", after.rss>>20, base.rss>>20)

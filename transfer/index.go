@@ -130,6 +130,23 @@ func (x *index) paths(s *session) int {
 	return 0
 }
 
+// offered reports whether s has an offer in the index.
+func (x *index) offered(s *session) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.slotOf[s]
+	return ok
+}
+
+// fits reports whether s has no offer and the index has room for one of n
+// keys.
+func (x *index) fits(s *session, n int) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.slotOf[s]
+	return !ok && x.budget-x.entries >= n
+}
+
 // keyOp is one change to a slot's keys.
 type keyOp struct {
 	key    uint64

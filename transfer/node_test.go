@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"slices"
@@ -640,5 +641,44 @@ func TestStalledRequestKeepsConnection(t *testing.T) {
 	}
 	if status, _, err := parseNarInfoResp(resp); err != nil || status != statusOK {
 		t.Fatalf("narinfo after the stall: status %d, %v", status, err)
+	}
+}
+
+// TestIndexFullDropsLargestAndReadmits: when the index is full the largest
+// offer is dropped, its peer stays connected, and once there is room again
+// the peer is asked for its inventory and indexed.
+func TestIndexFullDropsLargestAndReadmits(t *testing.T) {
+	n := startNode(t, "n", nil, func(c *Config) { c.MaxIndexEntries = 100 })
+	big := startNode(t, "big", nil, nil)
+	small := startNode(t, "small", nil, nil)
+	offer := func(tn *testNode, count int) {
+		for range count {
+			var h cache.Hash
+			binary.BigEndian.PutUint64(h[:], rand.Uint64())
+			binary.BigEndian.PutUint64(h[8:], rand.Uint64())
+			tn.inv.Add(h)
+		}
+	}
+	paths := func(id string) int {
+		for _, p := range n.Peers() {
+			if p.ID == id && p.State == StateConnected {
+				return p.Paths
+			}
+		}
+		return -1
+	}
+	offer(big, 80)
+	offer(small, 60)
+	connect(big, n)
+	waitFor(t, "big indexed", func() bool { return paths(big.ID()) == 80 })
+	connect(small, n)
+	waitFor(t, "small indexed, big dropped", func() bool { return paths(small.ID()) == 60 && paths(big.ID()) == 0 })
+	if st := n.PeerIndex(); st.OffersDropped != 1 || st.Entries > st.MaxEntries {
+		t.Fatalf("index %+v: want 1 drop, within bound", st)
+	}
+	small.stop()
+	waitFor(t, "big indexed again", func() bool { return paths(big.ID()) == 80 })
+	if st := n.PeerIndex(); st.OffersDropped != 1 || st.Entries != 80 {
+		t.Fatalf("index %+v: want 80 entries, still 1 drop", st)
 	}
 }

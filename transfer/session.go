@@ -221,12 +221,14 @@ func (s *session) readControl() error {
 		synced bool // a snapshot was applied and no divergence seen since
 		seq    uint64
 		fp     uint64
+		want   int  // paths the peer offers, as last seen
+		asked  bool // asked for a snapshot, none arrived yet
 	)
 	askResync := func(why string, args ...any) error {
 		if synced {
 			s.n.log.Info("peer inventory diverged, asking for a snapshot", append([]any{"peer", s.id, "why", why}, args...)...)
 		}
-		synced = false
+		synced, asked = false, true
 		return s.writeCtrl(typeResync, nil)
 	}
 	for {
@@ -238,6 +240,9 @@ func (s *session) readControl() error {
 		if t == typeSnapshot {
 			// Decoded as it streams in, straight into the index.
 			m, err := s.readSnapshot(n)
+			if m != nil {
+				want, asked = int(m.Count), false
+			}
 			switch {
 			case errors.Is(err, errOfferDropped):
 				synced = false // deltas are ignored until a snapshot fits
@@ -280,6 +285,7 @@ func (s *session) readControl() error {
 				s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name)
 				continue
 			}
+			want = n
 			if n > s.n.cfg.MaxPeerPaths {
 				return fmt.Errorf("%w: %d paths", errTooManyPaths, n)
 			}
@@ -296,6 +302,19 @@ func (s *session) readControl() error {
 			}
 			if synced && (m.Seq != seq || m.FP != fp) {
 				if err := askResync("ping disagrees", "seq", seq, "peer_seq", m.Seq); err != nil {
+					return err
+				}
+			}
+			// An offer dropped for room (this peer's, or as the largest
+			// when another needed room) is asked for again once the index
+			// has room for all of it: an honest peer crowded out during an
+			// attack comes back after it, without a retry loop meanwhile.
+			if synced && !s.n.idx.offered(s) {
+				synced = false
+			}
+			if !synced && !asked && want > 0 && s.n.idx.fits(s, want) {
+				s.n.log.Info("index has room again, asking the peer for its inventory", "peer", s.id, "name", s.name, "paths", want)
+				if err := askResync("room again"); err != nil {
 					return err
 				}
 			}

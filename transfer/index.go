@@ -20,8 +20,8 @@ import (
 // more than budget map entries over all groups (Config.MaxIndexEntries).
 // When an offer needs an entry the budget does not have, the largest offer
 // (most keys) is dropped: its keys leave the index, the peer stays
-// connected, and its deltas are ignored until it sends a snapshot that
-// fits. The largest goes first because what a hostile host grows is size,
+// connected, its deltas are ignored, and it is asked for a new snapshot
+// once the index has room for all of it (see readControl). The largest goes first because what a hostile host grows is size,
 // and one big offer frees the most for the many small honest ones; an offer
 // at least as large as every other is itself the one dropped, so a
 // newcomer cannot displace an established peer of the same size. Dropped

@@ -129,7 +129,7 @@ func TestHostileInventories(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		after = procMem(t, pid)
-		if after.rss <= base.rss+64<<20 || time.Now().After(deadline) {
+		if after.rss <= base.rss+32<<20 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)

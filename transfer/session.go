@@ -218,12 +218,20 @@ var errTooManyPaths = errors.New("peer inventory exceeds the limit")
 // readControl applies the peer's inventory messages to the index.
 func (s *session) readControl() error {
 	var (
-		synced bool // a snapshot was applied and no divergence seen since
-		seq    uint64
-		fp     uint64
-		want   int  // paths the peer offers, as last seen
-		asked  bool // asked for a snapshot, none arrived yet
+		synced  bool // a snapshot was applied and no divergence seen since
+		seq     uint64
+		fp      uint64
+		want    int       // paths the peer offers, as last seen
+		asked   bool      // asked for a snapshot, none arrived yet
+		drops   int       // times the peer's offer was dropped for room
+		dropped time.Time // when it last was
 	)
+	noteDrop := func() {
+		synced = false // deltas are ignored until a snapshot fits
+		drops++
+		dropped = time.Now()
+		s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name, "paths", want)
+	}
 	askResync := func(why string, args ...any) error {
 		if synced {
 			s.n.log.Info("peer inventory diverged, asking for a snapshot", append([]any{"peer", s.id, "why", why}, args...)...)
@@ -245,8 +253,7 @@ func (s *session) readControl() error {
 			}
 			switch {
 			case errors.Is(err, errOfferDropped):
-				synced = false // deltas are ignored until a snapshot fits
-				s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name, "paths", m.Count)
+				noteDrop()
 			case err != nil:
 				return fmt.Errorf("control stream: snapshot: %w", err)
 			default:
@@ -281,8 +288,7 @@ func (s *session) readControl() error {
 			}
 			n, err := s.n.idx.apply(s, ops)
 			if errors.Is(err, errOfferDropped) {
-				synced = false
-				s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name)
+				noteDrop()
 				continue
 			}
 			want = n
@@ -307,12 +313,15 @@ func (s *session) readControl() error {
 			}
 			// An offer dropped for room (this peer's, or as the largest
 			// when another needed room) is asked for again once the index
-			// has room for all of it: an honest peer crowded out during an
-			// attack comes back after it, without a retry loop meanwhile.
+			// has room for all of it and a cool-down has passed, doubling
+			// with each drop: an honest peer crowded out during an attack
+			// comes back after it, and offers that keep displacing each
+			// other do not churn the index.
 			if synced && !s.n.idx.offered(s) {
-				synced = false
+				noteDrop()
 			}
-			if !synced && !asked && want > 0 && s.n.idx.fits(s, want) {
+			if !synced && !asked && drops > 0 && want > 0 &&
+				time.Since(dropped) >= readmitAfter(drops, s.n.cfg.KeepAlive) && s.n.idx.fits(s, want) {
 				s.n.log.Info("index has room again, asking the peer for its inventory", "peer", s.id, "name", s.name, "paths", want)
 				if err := askResync("room again"); err != nil {
 					return err
@@ -327,6 +336,17 @@ func (s *session) readControl() error {
 			return fmt.Errorf("%w: frame type %#x on the control stream", ErrProtocol, t)
 		}
 	}
+}
+
+// readmitAfter is how long an offer dropped for room the drops-th time
+// waits before it is asked for again: 6 keepalive intervals (a minute by
+// default), doubling with each drop, at most 30 minutes.
+func readmitAfter(drops int, keepAlive time.Duration) time.Duration {
+	d := 6 * keepAlive
+	for i := 1; i < drops && d < 30*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Minute)
 }
 
 // readSnapshot reads the payload of an n-byte snapshot frame from the

@@ -18,6 +18,7 @@ type metricsCollector struct {
 	narinfo, narBytes, peerIn, peerOut, upBytes, verifyFail, narFail, badReq *prometheus.Desc
 	peers, storePaths, sharedPaths, cacheBytes, cacheMax, cacheEntries       *prometheus.Desc
 	transfersActive, uptime, buildInfo                                       *prometheus.Desc
+	indexEntries, indexMax, offersDropped                                    *prometheus.Desc
 }
 
 func newMetricsCollector(n *Node) *metricsCollector {
@@ -43,6 +44,9 @@ func newMetricsCollector(n *Node) *metricsCollector {
 		transfersActive: d("transfers_active", "NAR transfers from peers in progress."),
 		uptime:          d("uptime_seconds", "Seconds since the node started."),
 		buildInfo:       d("build_info", "Always 1; the version as a label.", "version"),
+		indexEntries:    d("peer_index_entries", "Entries in the index of what peers offer (about 38 bytes each)."),
+		indexMax:        d("peer_index_max_entries", "Bound of the index of what peers offer."),
+		offersDropped:   d("peer_offers_dropped_total", "Peer inventories dropped, largest first, because the index was full."),
 	}
 }
 
@@ -90,6 +94,9 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.transfersActive, float64(active))
 	gauge(c.uptime, s.UptimeSeconds)
+	gauge(c.indexEntries, float64(s.PeerIndex.Entries))
+	gauge(c.indexMax, float64(s.PeerIndex.MaxEntries))
+	counter(c.offersDropped, s.PeerIndex.OffersDropped)
 	gauge(c.buildInfo, 1, s.Version)
 }
 

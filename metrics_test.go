@@ -28,4 +28,8 @@ func TestMetricsLint(t *testing.T) {
 	if err != nil || count != 4 {
 		t.Fatalf("lancache metrics: %d series, %v", count, err)
 	}
+	count, err = testutil.GatherAndCount(n.registry(), "lancache_peer_index_entries", "lancache_peer_index_max_entries", "lancache_peer_offers_dropped_total")
+	if err != nil || count != 3 {
+		t.Fatalf("peer index metrics: %d series, %v", count, err)
+	}
 }

@@ -481,6 +481,8 @@ func (n *Node) Status() Status {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
+	pi := n.peers.PeerIndex()
+	s.PeerIndex = PeerIndexStatus{Entries: pi.Entries, MaxEntries: pi.MaxEntries, OffersDropped: uint64(pi.OffersDropped)}
 	s.Transfers = transfersStatus(time.Now(), n.peers.Transfers(), n.local.List())
 	s.Totals.VerificationFailures += uint64(n.peers.HashMismatches())
 	s.Totals.BytesFromPeers = n.bytesFromPeers.Load()

@@ -16,4 +16,6 @@ type (
 	TransferStatus = statusapi.TransferStatus
 	// Totals are counters since start.
 	Totals = statusapi.Totals
+	// PeerIndexStatus describes the index of what peers offer.
+	PeerIndexStatus = statusapi.PeerIndexStatus
 )

@@ -85,29 +85,35 @@ func lancacheBin(t testing.TB) string {
 			binPath = p
 			return
 		}
-		goTool, err := exec.LookPath("go")
-		if err != nil {
-			binErr = fmt.Errorf("find the go tool to build ./cmd/lancache: %w", err)
-			return
-		}
-		binPath = filepath.Join(workDir, "lancache")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		args = append(args, "github.com/lancache/lancache/cmd/lancache")
-		start := time.Now()
-		out, err := exec.Command(goTool, args...).CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
-			return
-		}
-		fmt.Fprintf(os.Stderr, "integration: built %s (race=%v) in %v\n", binPath, raceEnabled, time.Since(start).Round(time.Millisecond))
+		binPath, binErr = goBuild("lancache", "github.com/lancache/lancache/cmd/lancache", raceEnabled)
 	})
 	if binErr != nil {
 		t.Fatal(binErr)
 	}
 	return binPath
+}
+
+// goBuild builds pkg into the run's scratch dir as name (a relative path).
+func goBuild(name, pkg string, race bool) (string, error) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("find the go tool to build %s: %w", pkg, err)
+	}
+	out := filepath.Join(workDir, name)
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return "", err
+	}
+	args := []string{"build", "-o", out}
+	if race {
+		args = append(args, "-race")
+	}
+	args = append(args, pkg)
+	start := time.Now()
+	if b, err := exec.Command(goTool, args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	fmt.Fprintf(os.Stderr, "integration: built %s (race=%v) in %v\n", out, race, time.Since(start).Round(time.Millisecond))
+	return out, nil
 }
 
 // skipOrFail skips the test with the reason, or fails it when CI=true: on

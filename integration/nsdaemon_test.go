@@ -25,6 +25,7 @@ type nsServe struct {
 	MDNS      bool     // false: --no-mdns
 	StateDir  string   // "" = a new temp dir (a restart that keeps its identity passes the old one)
 	Args      []string // more flags: --peer, --fleet-key, --cache-dir, ...
+	Bin       string   // the lancache binary; "" = lancacheBin
 }
 
 // startDaemon starts lancache in the host's namespace and waits until its
@@ -62,7 +63,10 @@ func (h *host) startDaemon(t testing.TB, o nsServe) *daemon {
 		args = append(args, "--trusted-public-keys", strings.Join(o.Keys, " "))
 	}
 	args = append(args, o.Args...)
-	d := startProcess(t, append([]string{"netns", "exec", h.NS, lancacheBin(t)}, args...), nil, "ip")
+	if o.Bin == "" {
+		o.Bin = lancacheBin(t)
+	}
+	d := startProcess(t, append([]string{"netns", "exec", h.NS, o.Bin}, args...), nil, "ip")
 	d.Addr = o.HTTP
 	d.URL = "http://" + o.HTTP
 	d.client = h.httpClient(60 * time.Second)

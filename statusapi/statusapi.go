@@ -31,6 +31,7 @@ type Status struct {
 	Cache     *CacheStatus     `json:"cache,omitempty"`
 	Upstreams []string         `json:"upstreams,omitempty"`
 	Peers     []PeerStatus     `json:"peers"`
+	PeerIndex PeerIndexStatus  `json:"peer_index"`
 	Transfers []TransferStatus `json:"transfers"` // active first, then recent
 	Totals    Totals           `json:"totals"`
 }
@@ -106,6 +107,16 @@ const (
 	// ResultFailed: any other failure (no source left, network, timeout).
 	ResultFailed Result = "failed"
 )
+
+// PeerIndexStatus describes the in-memory index of what peers offer,
+// bounded as a whole (see transfer.Config.MaxIndexEntries).
+type PeerIndexStatus struct {
+	Entries    int `json:"entries"`     // distinct entries held, about 38 bytes each
+	MaxEntries int `json:"max_entries"` // the bound
+	// OffersDropped counts peer inventories dropped, largest first, to keep
+	// within the bound; those peers stay connected but are not asked.
+	OffersDropped uint64 `json:"offers_dropped"`
+}
 
 // TransferStatus describes one NAR transfer towards this node's Nix (or a
 // peer).

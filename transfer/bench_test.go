@@ -213,11 +213,12 @@ func indexBytesPerEntry(peers, perPeer int, shared bool) float64 {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	x := newIndex()
+	x := newIndex(peers*perPeer, nil)
 	entries := 0
 	for p := range peers {
-		slot := x.alloc(&session{})
-		x.replace(slot, keys[p])
+		if err := x.replace(&session{}, len(keys[p]), sliceKeys(keys[p])); err != nil {
+			panic(err)
+		}
 		entries += len(keys[p])
 	}
 	runtime.GC()

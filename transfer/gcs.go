@@ -1,7 +1,10 @@
 package transfer
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 	"slices"
 
@@ -68,49 +71,138 @@ func encodeKeys(keys []uint64) (k uint8, data []byte) {
 	return k, w.flush()
 }
 
-// decodeKeys decodes exactly count keys coded by encodeKeys, rejecting
-// anything that is not the canonical coding of a sorted set of distinct
-// keys below 2^keyBits: short or trailing data, non-zero padding, overflow.
-// count must already be checked against the caller's bound.
+// decodeKeys decodes exactly count keys coded by encodeKeys (see
+// keyDecoder for what it rejects). count must already be checked against
+// the caller's bound.
 func decodeKeys(data []byte, count int, k uint8) ([]uint64, error) {
+	d, err := newKeyDecoder(bytes.NewReader(data), int64(len(data)), count, k)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]uint64, count)
+	for i := range keys {
+		if keys[i], err = d.next(); err != nil {
+			return nil, err
+		}
+	}
+	return keys, d.end()
+}
+
+// keyDecoder decodes a Golomb-Rice coded key set as it streams in, so that
+// a snapshot costs neither its payload nor a slice of its keys in memory.
+// It rejects anything that is not the canonical coding of a sorted set of
+// distinct keys below 2^keyBits: short or trailing data, non-zero padding,
+// overflow. Errors of the underlying reader are returned as they are (a
+// timeout is not a protocol violation); an early EOF is ErrProtocol.
+type keyDecoder struct {
+	r     io.ByteReader
+	left  int64 // bytes of the coded set not yet read from r
+	k     uint8
+	count int // keys to decode
+	i     int // keys decoded
+	prev  uint64
+	acc   uint64 // pending bits, left-aligned
+	nacc  uint   // number of pending bits
+}
+
+// newKeyDecoder decodes count keys with Rice parameter k from the next size
+// bytes of r.
+func newKeyDecoder(r io.ByteReader, size int64, count int, k uint8) (*keyDecoder, error) {
 	if k >= keyBits {
 		return nil, fmt.Errorf("%w: rice parameter %d", ErrProtocol, k)
 	}
 	// Every key costs at least k+1 bits: reject impossible counts before
-	// allocating for them.
-	if uint64(count)*uint64(k+1) > uint64(len(data))*8 {
-		return nil, fmt.Errorf("%w: %d keys cannot fit in %d bytes", ErrProtocol, count, len(data))
+	// reading for them.
+	if uint64(count)*uint64(k+1) > uint64(size)*8 {
+		return nil, fmt.Errorf("%w: %d keys cannot fit in %d bytes", ErrProtocol, count, size)
 	}
-	keys := make([]uint64, count)
-	r := bitReader{b: data}
-	prev := uint64(0)
-	for i := range keys {
-		q, ok := r.unary(keyMask >> k)
-		if !ok {
-			return nil, fmt.Errorf("%w: inventory key %d: bad quotient", ErrProtocol, i)
-		}
-		lo, ok := r.bits(k)
-		if !ok {
-			return nil, fmt.Errorf("%w: inventory key %d: truncated", ErrProtocol, i)
-		}
-		d := q<<k | lo
-		v := d
-		if i > 0 {
-			v = prev + d + 1
-			if v <= prev { // wrapped
-				return nil, fmt.Errorf("%w: inventory key %d overflows", ErrProtocol, i)
+	return &keyDecoder{r: r, left: size, k: k, count: count}, nil
+}
+
+// fill tops up acc to more than 56 bits, or to what is left.
+func (d *keyDecoder) fill() error {
+	for d.nacc <= 56 && d.left > 0 {
+		b, err := d.r.ReadByte()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: inventory truncated with %d bytes missing", ErrProtocol, d.left)
 			}
+			return fmt.Errorf("read inventory: %w", err)
 		}
-		if v > keyMask {
-			return nil, fmt.Errorf("%w: inventory key %d exceeds %d bits", ErrProtocol, i, keyBits)
+		d.left--
+		d.acc |= uint64(b) << (56 - d.nacc)
+		d.nacc += 8
+	}
+	return nil
+}
+
+// next returns the next key.
+func (d *keyDecoder) next() (uint64, error) {
+	if d.i >= d.count {
+		return 0, fmt.Errorf("%w: more than %d inventory keys", ErrProtocol, d.count)
+	}
+	// Quotient: one-bits up to a zero-bit.
+	var q uint64
+	for {
+		if err := d.fill(); err != nil {
+			return 0, err
 		}
-		keys[i] = v
-		prev = v
+		if d.nacc == 0 {
+			return 0, fmt.Errorf("%w: inventory key %d: truncated", ErrProtocol, d.i)
+		}
+		ones := uint(bits.LeadingZeros64(^d.acc))
+		if ones < d.nacc {
+			q += uint64(ones)
+			d.acc <<= ones + 1
+			d.nacc -= ones + 1
+			break
+		}
+		q += uint64(d.nacc)
+		d.acc, d.nacc = 0, 0
+		if q > keyMask>>d.k {
+			break
+		}
 	}
-	if !r.paddingOK() {
-		return nil, fmt.Errorf("%w: inventory has trailing data", ErrProtocol)
+	if q > keyMask>>d.k {
+		return 0, fmt.Errorf("%w: inventory key %d: bad quotient", ErrProtocol, d.i)
 	}
-	return keys, nil
+	if err := d.fill(); err != nil {
+		return 0, err
+	}
+	if d.nacc < uint(d.k) {
+		return 0, fmt.Errorf("%w: inventory key %d: truncated", ErrProtocol, d.i)
+	}
+	lo := d.acc >> (64 - uint(d.k)) // 0 when k is 0
+	d.acc <<= d.k
+	d.nacc -= uint(d.k)
+	v := q<<d.k | lo
+	if d.i > 0 {
+		v += d.prev + 1
+		if v <= d.prev { // wrapped
+			return 0, fmt.Errorf("%w: inventory key %d overflows", ErrProtocol, d.i)
+		}
+	}
+	if v > keyMask {
+		return 0, fmt.Errorf("%w: inventory key %d exceeds %d bits", ErrProtocol, d.i, keyBits)
+	}
+	d.i++
+	d.prev = v
+	return v, nil
+}
+
+// end checks that all count keys were read and that what is left is less
+// than a byte of zero bits.
+func (d *keyDecoder) end() error {
+	if d.i != d.count {
+		return fmt.Errorf("%w: %d of %d inventory keys read", ErrProtocol, d.i, d.count)
+	}
+	if err := d.fill(); err != nil {
+		return err
+	}
+	if d.left > 0 || d.nacc >= 8 || d.acc != 0 {
+		return fmt.Errorf("%w: inventory has trailing data", ErrProtocol)
+	}
+	return nil
 }
 
 type bitWriter struct {
@@ -147,76 +239,4 @@ func (w *bitWriter) flush() []byte {
 		w.n = 0
 	}
 	return w.b
-}
-
-type bitReader struct {
-	b   []byte
-	pos uint64 // bit position
-}
-
-func (r *bitReader) bit() (uint64, bool) {
-	i := r.pos >> 3
-	if i >= uint64(len(r.b)) {
-		return 0, false
-	}
-	v := uint64(r.b[i]>>(7-r.pos&7)) & 1
-	r.pos++
-	return v, true
-}
-
-// unary reads one-bits up to a zero-bit; more than max one-bits fail.
-func (r *bitReader) unary(max uint64) (uint64, bool) {
-	var q uint64
-	for {
-		// Fast path: count leading ones of the rest of the current byte.
-		i := r.pos >> 3
-		if i >= uint64(len(r.b)) {
-			return 0, false
-		}
-		off := r.pos & 7
-		rest := r.b[i] << off // remaining bits, left-aligned
-		ones := uint64(bits.LeadingZeros8(^rest))
-		if avail := 8 - off; ones < avail {
-			q += ones
-			r.pos += ones + 1
-			return q, q <= max
-		}
-		q += 8 - off
-		r.pos += 8 - off
-		if q > max {
-			return 0, false
-		}
-	}
-}
-
-func (r *bitReader) bits(n uint8) (uint64, bool) {
-	if r.pos+uint64(n) > uint64(len(r.b))*8 {
-		return 0, false
-	}
-	var v uint64
-	for n > 0 {
-		i := r.pos >> 3
-		off := uint8(r.pos & 7)
-		avail := 8 - off
-		take := min(avail, n)
-		chunk := uint64(r.b[i]<<off) >> (8 - take)
-		v = v<<take | chunk
-		r.pos += uint64(take)
-		n -= take
-	}
-	return v, true
-}
-
-// paddingOK reports whether what is left is less than a byte of zero bits.
-func (r *bitReader) paddingOK() bool {
-	total := uint64(len(r.b)) * 8
-	if total-r.pos >= 8 {
-		return false
-	}
-	for r.pos < total {
-		if v, _ := r.bit(); v != 0 {
-			return false
-		}
-	}
-	return true
 }

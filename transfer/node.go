@@ -69,6 +69,13 @@ type Config struct {
 	MaxPeerPaths int
 	// MaxPeers bounds the number of connected peers (default 256).
 	MaxPeers int
+	// MaxIndexEntries bounds the inventory index over all peers: the
+	// number of distinct (group of 64 peers, path) entries, about 38 bytes
+	// each (default 4,000,000, ~150 MB at most). Paths that several peers
+	// offer cost one entry, so an honest fleet fits many times that in
+	// (peer, path) pairs. When full, the largest offer is dropped (see
+	// index); PeerIndex counts the drops.
+	MaxIndexEntries int
 	// VerifyFirstMax: NARs up to this size are verified whole before their
 	// first byte is released (0: 32 MiB; negative: none; see WriteNAR).
 	VerifyFirstMax int64
@@ -126,6 +133,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxUploadsPerPeer, 8)
 	defInt(&c.MaxPeerPaths, 2_000_000)
 	defInt(&c.MaxPeers, 256)
+	defInt(&c.MaxIndexEntries, 4_000_000)
 	if c.Compression == "" {
 		c.Compression = CompressAuto
 	}
@@ -198,6 +206,7 @@ type Node struct {
 
 	narInfosServed atomic.Int64 // narinfo requests answered to peers
 	testHookAwait  func()       // called when a narinfo miss waits for inventories
+	memory         memoryReturner
 
 	mu       sync.Mutex
 	runCtx   context.Context // nil until Run
@@ -284,7 +293,6 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		ident:    ident,
 		local:    local,
 		inv:      inv,
-		idx:      newIndex(),
 		udp:      udp,
 		tr:       tr,
 		ln:       ln,
@@ -298,6 +306,7 @@ func New(cfg Config, local cache.Source, inv *cache.Inventory) (*Node, error) {
 		infos:      newInfoCache(infoCacheSize, infoCacheTTL),
 		blame:      newBlame(),
 	}
+	n.idx = newIndex(cfg.MaxIndexEntries, n.memory.freed)
 	n.xfers.init()
 	return n, nil
 }
@@ -343,6 +352,7 @@ func (n *Node) Run(ctx context.Context) error {
 		s.cancel(errShutdown)
 	}
 	n.wg.Wait()
+	n.memory.stop()
 	n.Close()
 	return nil
 }
@@ -602,7 +612,6 @@ func (n *Node) register(s *session) error {
 		old.cancel(errDuplicate)
 	}
 	n.sessions[s.id] = s
-	s.slot = n.idx.alloc(s)
 	return nil
 }
 
@@ -613,7 +622,7 @@ func (n *Node) unregister(s *session) {
 		delete(n.sessions, s.id)
 	}
 	n.mu.Unlock()
-	n.idx.release(s.slot)
+	n.idx.release(s)
 }
 
 // isDuplicate reports whether a session ended because the two nodes had

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"slices"
@@ -598,5 +600,114 @@ func TestCorruptionRoutedAroundInOneResponse(t *testing.T) {
 	}
 	if ts := b.Transfers(); ts[0].Result != statusapi.ResultOK || ts[0].Peer != c.ID() || ts[0].BytesDone != int64(len(data)) {
 		t.Fatalf("transfer %+v", ts[0])
+	}
+}
+
+// TestStalledRequestKeepsConnection: a request that stalls inside its
+// frame's payload (a lossy link, a slow peer) costs that stream, not the
+// connection: the node resets the stream and answers the next request.
+func TestStalledRequestKeepsConnection(t *testing.T) {
+	key := newTestKey(t, "test-1")
+	n := startNode(t, "n", &key, nil)
+	info, data := makePath(t, &key, "x", 1000)
+	n.share(info, data)
+	h := hashOf(t, info)
+
+	p := dialRaw(t, n)
+	ctrl := p.hello(t)
+	// Keep the control stream alive while the request stalls.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); p.conn.CloseWithError(0, ""); wg.Wait() }()
+	wg.Go(func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if writeFrame(ctrl, typePing, (&ping{}).marshal()) != nil {
+					return
+				}
+			}
+		}
+	})
+	wg.Go(func() { io.Copy(io.Discard, ctrl) })
+
+	st, err := p.conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The header and 5 of the 20 bytes of the hash, then nothing.
+	req := frame(frameVersion, typeNarInfoReq, 20, h[:])
+	if _, err := st.Write(req[:frameHeaderLen+5]); err != nil {
+		t.Fatal(err)
+	}
+	st.SetReadDeadline(time.Now().Add(3 * requestTimeout))
+	_, err = st.Read(make([]byte, 1))
+	var se *quic.StreamError
+	if !errors.As(err, &se) {
+		t.Fatalf("stalled request ended with %v, want the stream reset (connection: %v)", err, context.Cause(p.conn.Context()))
+	}
+	if p.conn.Context().Err() != nil {
+		t.Fatalf("connection closed: %v", context.Cause(p.conn.Context()))
+	}
+
+	// The next request on the same connection is answered.
+	st, err = p.conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatalf("open stream after the stall: %v", err)
+	}
+	if err := writeFrame(st, typeNarInfoReq, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st.SetReadDeadline(time.Now().Add(requestTimeout))
+	typ, resp, err := readFrame(st)
+	if err != nil || typ != typeNarInfoResp {
+		t.Fatalf("narinfo after the stall: type %#x, %v", typ, err)
+	}
+	if status, _, err := parseNarInfoResp(resp); err != nil || status != statusOK {
+		t.Fatalf("narinfo after the stall: status %d, %v", status, err)
+	}
+}
+
+// TestIndexFullDropsLargestAndReadmits: when the index is full the largest
+// offer is dropped, its peer stays connected, and once there is room again
+// the peer is asked for its inventory and indexed.
+func TestIndexFullDropsLargestAndReadmits(t *testing.T) {
+	n := startNode(t, "n", nil, func(c *Config) { c.MaxIndexEntries = 100 })
+	big := startNode(t, "big", nil, nil)
+	small := startNode(t, "small", nil, nil)
+	offer := func(tn *testNode, count int) {
+		for range count {
+			var h cache.Hash
+			binary.BigEndian.PutUint64(h[:], rand.Uint64())
+			binary.BigEndian.PutUint64(h[8:], rand.Uint64())
+			tn.inv.Add(h)
+		}
+	}
+	paths := func(id string) int {
+		for _, p := range n.Peers() {
+			if p.ID == id && p.State == statusapi.StateConnected {
+				return p.Paths
+			}
+		}
+		return -1
+	}
+	offer(big, 80)
+	offer(small, 60)
+	connect(big, n)
+	waitFor(t, "big indexed", func() bool { return paths(big.ID()) == 80 })
+	connect(small, n)
+	waitFor(t, "small indexed, big dropped", func() bool { return paths(small.ID()) == 60 && paths(big.ID()) == 0 })
+	if st := n.PeerIndex(); st.OffersDropped != 1 || st.Entries > st.MaxEntries {
+		t.Fatalf("index %+v: want 1 drop, within bound", st)
+	}
+	small.stop()
+	waitFor(t, "big indexed again", func() bool { return paths(big.ID()) == 80 })
+	if st := n.PeerIndex(); st.OffersDropped != 1 || st.Entries != 80 {
+		t.Fatalf("index %+v: want 80 entries, still 1 drop", st)
 	}
 }

@@ -28,7 +28,6 @@ type session struct {
 	dialed bool    // this node dialed it
 	target *target // the target it was dialed for, if dialed
 	since  time.Time
-	slot   int
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -236,40 +235,60 @@ var errTooManyPaths = errors.New("peer inventory exceeds the limit")
 // readControl applies the peer's inventory messages to the index.
 func (s *session) readControl() error {
 	var (
-		synced bool // a snapshot was applied and no divergence seen since
-		seq    uint64
-		fp     uint64
+		synced  bool // a snapshot was applied and no divergence seen since
+		seq     uint64
+		fp      uint64
+		want    int       // paths the peer offers, as last seen
+		asked   bool      // asked for a snapshot, none arrived yet
+		drops   int       // times the peer's offer was dropped for room
+		dropped time.Time // when it last was
 	)
+	noteDrop := func() {
+		synced = false // deltas are ignored until a snapshot fits
+		drops++
+		dropped = time.Now()
+		s.n.log.Warn("peer inventory dropped: the index is full", "peer", s.id, "name", s.name, "paths", want)
+	}
 	askResync := func(why string, args ...any) error {
 		if synced {
 			s.n.log.Info("peer inventory diverged, asking for a snapshot", append([]any{"peer", s.id, "why", why}, args...)...)
 		}
-		synced = false
+		synced, asked = false, true
 		return s.writeCtrl(typeResync, nil)
 	}
 	for {
 		s.ctrl.SetReadDeadline(time.Now().Add(3*s.n.cfg.KeepAlive + 5*time.Second))
-		t, p, err := readFrame(s.ctrl)
+		t, n, err := readHeader(s.ctrl)
+		if err != nil {
+			return fmt.Errorf("control stream: %w", err)
+		}
+		if t == typeSnapshot {
+			// Decoded as it streams in, straight into the index.
+			m, err := s.readSnapshot(n)
+			if m != nil {
+				want, asked = int(m.Count), false
+			}
+			if err == nil || errors.Is(err, errOfferDropped) {
+				// Whether it fits or not, the peer's inventory is in:
+				// narinfo misses no longer wait for it.
+				s.inventoryOnce.Do(func() { close(s.firstInventory) })
+			}
+			switch {
+			case errors.Is(err, errOfferDropped):
+				noteDrop()
+			case err != nil:
+				return fmt.Errorf("control stream: snapshot: %w", err)
+			default:
+				synced, seq, fp = true, m.Seq, m.FP
+				s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", m.Count, "bytes", n)
+			}
+			continue
+		}
+		p, err := readPayload(s.ctrl, t, n)
 		if err != nil {
 			return fmt.Errorf("control stream: %w", err)
 		}
 		switch t {
-		case typeSnapshot:
-			m, err := parseSnapshot(p)
-			if err != nil {
-				return err
-			}
-			if int64(m.Count) > int64(s.n.cfg.MaxPeerPaths) {
-				return fmt.Errorf("%w: snapshot of %d paths", errTooManyPaths, m.Count)
-			}
-			keys, err := decodeKeys(m.Data, int(m.Count), m.K)
-			if err != nil {
-				return err
-			}
-			s.n.idx.replace(s.slot, keys)
-			s.inventoryOnce.Do(func() { close(s.firstInventory) })
-			synced, seq, fp = true, m.Seq, m.FP
-			s.n.log.Debug("peer inventory snapshot", "peer", s.id, "paths", len(keys), "bytes", len(p))
 		case typeDelta:
 			m, err := parseDelta(p)
 			if err != nil {
@@ -289,7 +308,13 @@ func (s *session) readControl() error {
 				ops[i] = keyOp{key: keyOf(c.Hash), remove: c.Removed}
 				fp ^= cache.HashKey(c.Hash)
 			}
-			if n := s.n.idx.apply(s.slot, ops); n > s.n.cfg.MaxPeerPaths {
+			n, err := s.n.idx.apply(s, ops)
+			if errors.Is(err, errOfferDropped) {
+				noteDrop()
+				continue
+			}
+			want = n
+			if n > s.n.cfg.MaxPeerPaths {
 				return fmt.Errorf("%w: %d paths", errTooManyPaths, n)
 			}
 			seq = m.To
@@ -308,6 +333,22 @@ func (s *session) readControl() error {
 					return err
 				}
 			}
+			// An offer dropped for room (this peer's, or as the largest
+			// when another needed room) is asked for again once the index
+			// has room for all of it and a cool-down has passed, doubling
+			// with each drop: an honest peer crowded out during an attack
+			// comes back after it, and offers that keep displacing each
+			// other do not churn the index.
+			if synced && !s.n.idx.offered(s) {
+				noteDrop()
+			}
+			if !synced && !asked && drops > 0 && want > 0 &&
+				time.Since(dropped) >= readmitAfter(drops, s.n.cfg.KeepAlive) && s.n.idx.fits(s, want) {
+				s.n.log.Info("index has room again, asking the peer for its inventory", "peer", s.id, "name", s.name, "paths", want)
+				if err := askResync("room again"); err != nil {
+					return err
+				}
+			}
 		case typeResync:
 			select {
 			case s.resync <- struct{}{}:
@@ -317,6 +358,56 @@ func (s *session) readControl() error {
 			return fmt.Errorf("%w: frame type %#x on the control stream", ErrProtocol, t)
 		}
 	}
+}
+
+// readmitAfter is how long an offer dropped for room the drops-th time
+// waits before it is asked for again: 6 keepalive intervals (a minute by
+// default), doubling with each drop, at most 30 minutes.
+func readmitAfter(drops int, keepAlive time.Duration) time.Duration {
+	d := 6 * keepAlive
+	for i := 1; i < drops && d < 30*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 30*time.Minute)
+}
+
+// readSnapshot reads the payload of an n-byte snapshot frame from the
+// control stream and makes it the peer's offer, decoding the keys as they
+// arrive. An offer the index has no room for is read to its end, so the
+// stream stays in step, and errOfferDropped returned.
+func (s *session) readSnapshot(n uint32) (*snapshot, error) {
+	if n < snapshotHeaderLen {
+		return nil, fmt.Errorf("%w: snapshot of %d bytes", ErrProtocol, n)
+	}
+	var hdr [snapshotHeaderLen]byte
+	if _, err := io.ReadFull(s.ctrl, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%w: truncated snapshot: %w", ErrProtocol, err)
+		}
+		return nil, err
+	}
+	m, err := parseSnapshotHeader(hdr[:])
+	if err != nil {
+		return nil, err
+	}
+	if int64(m.Count) > int64(s.n.cfg.MaxPeerPaths) {
+		return nil, fmt.Errorf("%w: snapshot of %d paths", errTooManyPaths, m.Count)
+	}
+	size := int64(n) - snapshotHeaderLen
+	br := bufio.NewReaderSize(io.LimitReader(s.ctrl, size), 32<<10)
+	dec, err := newKeyDecoder(br, size, int(m.Count), m.K)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.n.idx.replace(s, int(m.Count), dec); err != nil {
+		if errors.Is(err, errOfferDropped) {
+			if _, cerr := io.Copy(io.Discard, br); cerr != nil {
+				return nil, cerr
+			}
+		}
+		return m, err
+	}
+	return m, dec.end()
 }
 
 // writeCtrl writes one frame to the control stream. Both the writer and

@@ -48,7 +48,7 @@ func (n *Node) Peers() []PeerStatus {
 			State:          statusapi.StateConnected,
 			Dialed:         s.dialed,
 			RTT:            s.conn.ConnectionStats().SmoothedRTT,
-			Paths:          n.idx.paths(s.slot),
+			Paths:          n.idx.paths(s),
 			BytesIn:        s.bytesIn.Load(),
 			BytesOut:       s.bytesOut.Load(),
 			Active:         int(s.active.Load()),
@@ -92,6 +92,19 @@ func (n *Node) Peers() []PeerStatus {
 		return strings.Compare(a.Addr, b.Addr)
 	})
 	return out
+}
+
+// IndexStatus describes the index of what peers offer.
+type IndexStatus struct {
+	Entries       int   `json:"entries"`        // distinct entries held (about 38 bytes each)
+	MaxEntries    int   `json:"max_entries"`    // Config.MaxIndexEntries
+	OffersDropped int64 `json:"offers_dropped"` // peer inventories dropped because the index was full
+}
+
+// PeerIndex describes the index of what peers offer.
+func (n *Node) PeerIndex() IndexStatus {
+	st := n.idx.stats()
+	return IndexStatus{Entries: st.Entries, MaxEntries: st.Budget, OffersDropped: st.Dropped}
 }
 
 // HashMismatches is the number of NAR transfers from peers that failed

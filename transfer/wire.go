@@ -109,40 +109,62 @@ func writeFrame(w io.Writer, t byte, payload []byte) error {
 // readFrame reads one frame, checking version, type and bound before the
 // payload is read. The payload buffer grows with what actually arrives, so
 // a peer announcing a large frame and sending nothing costs no memory.
+//
+// Only bytes that break the protocol are ErrProtocol: a stream that ends
+// inside a frame. A read that fails (a deadline, a reset) returns that
+// error, whether before the header or inside the payload, so that the
+// caller resets the stream and keeps the connection of a peer that was
+// merely slow.
 func readFrame(r io.Reader) (byte, []byte, error) {
-	var hdr [frameHeaderLen]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, fmt.Errorf("%w: truncated frame header", ErrProtocol)
-		}
+	t, n, err := readHeader(r)
+	if err != nil {
 		return 0, nil, err
 	}
-	if hdr[0] != frameVersion {
-		return 0, nil, fmt.Errorf("%w: frame version %d, want %d", ErrProtocol, hdr[0], frameVersion)
-	}
-	t := hdr[1]
-	if !known(t) {
-		return 0, nil, fmt.Errorf("%w: unknown frame type %#x", ErrProtocol, t)
-	}
-	n := binary.BigEndian.Uint32(hdr[2:])
-	if n > maxPayload[t] {
-		return 0, nil, fmt.Errorf("%w: frame type %#x of %d bytes exceeds bound %d", ErrProtocol, t, n, maxPayload[t])
-	}
+	p, err := readPayload(r, t, n)
+	return t, p, err
+}
+
+// readPayload reads the n-byte payload of a frame of type t.
+func readPayload(r io.Reader, t byte, n uint32) ([]byte, error) {
 	if n == 0 {
-		return t, nil, nil
+		return nil, nil
 	}
 	var b bytes.Buffer
 	if n <= 64<<10 {
 		b.Grow(int(n))
 	}
 	m, err := b.ReadFrom(io.LimitReader(r, int64(n)))
-	if m != int64(n) {
-		if err == nil {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, fmt.Errorf("%w: frame type %#x truncated after %d of %d bytes: %w", ErrProtocol, t, m, n, err)
+	if err != nil {
+		return nil, fmt.Errorf("frame type %#x: read after %d of %d bytes: %w", t, m, n, err)
 	}
-	return t, b.Bytes(), nil
+	if m != int64(n) {
+		return nil, fmt.Errorf("%w: frame type %#x truncated after %d of %d bytes", ErrProtocol, t, m, n)
+	}
+	return b.Bytes(), nil
+}
+
+// readHeader reads a frame header and checks version, type and bound; the
+// payload of the returned length follows.
+func readHeader(r io.Reader) (byte, uint32, error) {
+	var hdr [frameHeaderLen]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, 0, fmt.Errorf("%w: truncated frame header", ErrProtocol)
+		}
+		return 0, 0, err
+	}
+	if hdr[0] != frameVersion {
+		return 0, 0, fmt.Errorf("%w: frame version %d, want %d", ErrProtocol, hdr[0], frameVersion)
+	}
+	t := hdr[1]
+	if !known(t) {
+		return 0, 0, fmt.Errorf("%w: unknown frame type %#x", ErrProtocol, t)
+	}
+	n := binary.BigEndian.Uint32(hdr[2:])
+	if n > maxPayload[t] {
+		return 0, 0, fmt.Errorf("%w: frame type %#x of %d bytes exceeds bound %d", ErrProtocol, t, n, maxPayload[t])
+	}
+	return t, n, nil
 }
 
 // decoder reads fixed fields from a payload; the first error sticks.
@@ -315,13 +337,25 @@ func (s *snapshot) marshal() []byte {
 	return append(b, s.Data...)
 }
 
+// snapshotHeaderLen is the length of a snapshot's fixed fields.
+const snapshotHeaderLen = 8 + 8 + 4 + 1
+
 func parseSnapshot(p []byte) (*snapshot, error) {
+	s, err := parseSnapshotHeader(p[:min(len(p), snapshotHeaderLen)])
+	if err != nil {
+		return nil, err
+	}
+	s.Data = p[snapshotHeaderLen:]
+	return s, nil
+}
+
+// parseSnapshotHeader parses the fixed fields of a snapshot, without Data.
+func parseSnapshotHeader(p []byte) (*snapshot, error) {
 	d := decoder{b: p}
 	s := &snapshot{Seq: d.u64(), FP: d.u64(), Count: d.u32(), K: d.u8()}
 	if d.err == nil && s.K >= keyBits {
 		d.fail("rice parameter %d", s.K)
 	}
-	s.Data = d.take(len(d.b))
 	return s, d.end()
 }
 

@@ -342,7 +342,7 @@ profile_daemons() {
 		rm -rf "$DSTS/pprof-$n" "$XDG_CACHE_HOME"
 		n=$((n + 1))
 	done
-	wait "${pids[@]}" || die "a profile could not be taken"
+	for h in 0 1; do wait "${pids[h]}" || die "a profile could not be taken (curl exited $?)"; done
 	echo "($n copies during the profiles)"
 	for h in a b; do
 		f=$OUT/pprof-$SHAPE-$CASE-$h

@@ -19,8 +19,11 @@
 # processes run on CPU_A, B's (its daemon, nix, the quicraw client) on
 # CPU_B.
 #
-# Per shape (tc tbf on both ends of both veths, or none): RUNS runs of raw
-# quic-go (integration/bench/quicraw, a SIZE-MiB stream A -> B); then per
+# Per shape (tc tbf on both ends of both veths, or none): RUNS runs each,
+# alternating, of raw quic-go (integration/bench/quicraw, a stream A -> B
+# of the first one-path case's NAR size) and of the QUIC hop (curl in B
+# fetching that case's NAR from B's endpoint: A's store -> QUIC -> B's
+# verifier -> HTTP, no Nix); then per
 # case RUNS runs each, alternating (lancache, nginx, nginx, lancache, ...),
 # of `nix copy` in B into a fresh chroot store from
 # http://127.0.0.1:37515 (B's daemon, fetching from A over QUIC) and from
@@ -65,13 +68,16 @@
 #   BENCH_DST_DIR*     where the destination stores go (default: the temp
 #                      dir; /dev/shm takes the disk out of the measurement;
 #                      QUICK: /dev/shm)
+#   BENCH_WORK_DIR*    where the temp dir (source store, binary cache) goes
+#                      (default ${TMPDIR:-/tmp}; QUICK: /dev/shm, so that a
+#                      smoke run does not wait for a disk others are filling)
 #   BENCH_KEEP=1       keep the temp dir
 #   LANCACHE_BIN       use this binary instead of building ./cmd/lancache
 set -euo pipefail
 
 if [ "${QUICK:-}" = 1 ]; then
 	: "${SIZE:=64}" "${SCALE:=0.02}" "${CLOSURE_PATHS:=100}" "${RUNS:=1}" "${SHAPES:=none 1gbit}" \
-		"${PPROF_SECONDS:=3}" "${WARMUP:=0}" "${BENCH_DST_DIR:=/dev/shm}"
+		"${PPROF_SECONDS:=3}" "${WARMUP:=0}" "${BENCH_DST_DIR:=/dev/shm}" "${BENCH_WORK_DIR:=/dev/shm}"
 	export BENCH_DST_DIR
 fi
 SIZE=${SIZE:-512}
@@ -106,7 +112,7 @@ if [ "$PIN" = 1 ]; then
 	PIN_A=(taskset -c "$CPU_A") PIN_B=(taskset -c "$CPU_B")
 fi
 
-bench_init lancache-peerpath
+TMPDIR=${BENCH_WORK_DIR:-${TMPDIR:-/tmp}} bench_init lancache-peerpath
 make_dsts
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -123,7 +129,7 @@ go build -o "$WORK/mkclosure" ./integration/bench/mkclosure
 
 ## The paths
 
-echo "== make the paths: $CASES"
+echo "== $(stamp): make the paths: $CASES"
 nix-store --generate-binary-cache-key bench-1 "$WORK/sk" "$WORK/pk" 2>/dev/null
 KEY=$(cat "$WORK/pk")
 trust_key
@@ -145,7 +151,7 @@ for c in $CASES; do
 	nix-store --store "$SRC" -qR "${ROOT[$c]}" >"$WORK/closure-$c"
 	NPATHS[$c]=$(wc -l <"$WORK/closure-$c")
 	NARBYTES[$c]=$(nix path-info --store "$SRC" --json -r "${ROOT[$c]}" | jq '[.[] | .narSize] | add')
-	echo "case $c: ${ROOT[$c]}, ${NPATHS[$c]} paths, $((NARBYTES[$c] / 1048576)) MiB of NAR"
+	echo "case $c: ${ROOT[$c]}, ${NPATHS[$c]} paths, $((NARBYTES[$c] / 1048576)) MiB of NAR ($(stamp))"
 done
 
 echo "== $(stamp): the flat binary cache nginx serves (compression=none)"
@@ -228,6 +234,20 @@ NGINX_WORKER=$(ps -o pid= --ppid "$PID_NGINX" | tr -d ' ')
 
 HZ=$(getconf CLK_TCK)
 RAW_BYTES=$(mib_bytes "$SIZE")
+# The QUIC hop is measured on the first one-path case, if there is one.
+HOP_CASE=
+for c in $CASES; do
+	if [ "${NPATHS[$c]}" = 1 ]; then
+		HOP_CASE=$c
+		break
+	fi
+done
+if [ -n "$HOP_CASE" ]; then
+	hop_hash=$(basename "${ROOT[$HOP_CASE]}" | cut -c1-32)
+	HOP_URL=$LC_URL/$(ip netns exec "$NS_B" curl -fsS "$LC_URL/$hop_hash.narinfo" | awk '/^URL: / { print $2 }')
+	[ "$HOP_URL" != "$LC_URL/" ] || die "B's endpoint has no narinfo URL for ${ROOT[$HOP_CASE]}"
+	RAW_BYTES=${NARBYTES[$HOP_CASE]}
+fi
 SHA=$("${PIN_B[@]}" "$WORK/quicraw" -sha256 "$((RAW_BYTES > 1000000000 ? RAW_BYTES : 1000000000))")
 echo "sha256 on CPU ${CPU_B}: $SHA CPU-s/GB"
 RUNS_TSV=$OUT/runs.tsv
@@ -242,15 +262,33 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SHAPE" "$CASE" "$
 cpu_delta() { awk -v a="$1" -v b="$2" -v hz="$HZ" 'BEGIN { printf "%.3f", (b - a) / hz }'; }
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 
-# raw_run _ RUN: one quicraw stream of RAW_BYTES from A to B, recorded.
-raw_run() {
-	local s0 s1 secs
-	s0=$(ticks "$PID_RAW")
-	secs=$(/usr/bin/time -f '%U %S' -o "$WORK/time.out" "${PIN_B[@]}" ip netns exec "$NS_B" \
-		"$WORK/quicraw" -connect "$IP_A:4433" -size "$RAW_BYTES" -runs 1) || die "quicraw failed: $(cat "$WORK/time.out")"
-	s1=$(ticks "$PID_RAW")
-	record raw "$2" "$secs" "$RAW_BYTES" "$(cpu_delta "$s0" "$s1")" 0 0 "$(awk '{ print $1 + $2 }' "$WORK/time.out")"
-	printf 'run %d  %-14s %-8s raw quic-go %8.3f s  %7s MB/s\n' "$2" "$SHAPE" "" "$secs" "$(mbps "$RAW_BYTES" "$secs")"
+# transport_run raw|hop RUN: one quicraw stream of RAW_BYTES from A to B
+# (raw), or one GET of HOP_CASE's NAR from B's endpoint by curl in B (hop:
+# A's store -> QUIC -> B verifies -> HTTP -> curl, no Nix); recorded as
+# CASE raw or hop, unless RUN is 0.
+transport_run() {
+	local what=$1 run=$2 a0 a1 b0 b1 secs out code size
+	if [ "$what" = raw ]; then
+		a0=$(ticks "$PID_RAW")
+		secs=$(/usr/bin/time -f '%U %S' -o "$WORK/time.out" "${PIN_B[@]}" ip netns exec "$NS_B" \
+			"$WORK/quicraw" -connect "$IP_A:4433" -size "$RAW_BYTES" -runs 1) || die "quicraw failed: $(cat "$WORK/time.out")"
+		a1=$(ticks "$PID_RAW") b0=0 b1=0
+	else
+		a0=$(ticks "$PID_A") b0=$(ticks "$PID_B")
+		out=$(/usr/bin/time -f '%U %S' -o "$WORK/time.out" "${PIN_B[@]}" ip netns exec "$NS_B" \
+			curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "$HOP_URL") ||
+			die "GET $HOP_URL in $NS_B failed: $out"
+		a1=$(ticks "$PID_A") b1=$(ticks "$PID_B")
+		read -r code size secs <<<"$out"
+		if [ "$code" != 200 ] || [ "$size" -le 0 ]; then
+			die "GET $HOP_URL in $NS_B: HTTP $code, $size bytes"
+		fi
+	fi
+	[ "$run" -gt 0 ] || return 0
+	CASE=$what record "$(if [ "$what" = raw ]; then echo raw; else echo lancache; fi)" "$run" "$secs" "$RAW_BYTES" \
+		"$(cpu_delta "$a0" "$a1")" "$(cpu_delta "$b0" "$b1")" 0 "$(awk '{ print $1 + $2 }' "$WORK/time.out")"
+	printf 'run %d  %-14s %-8s %-20s %8.3f s  %7s MB/s\n' "$run" "$SHAPE" "" \
+		"$(if [ "$what" = raw ]; then echo "raw quic-go"; else echo "QUIC hop to curl"; fi)" "$secs" "$(mbps "$RAW_BYTES" "$secs")"
 }
 
 # nix_copy SERVER DST: nix copy of CASE's root from SERVER into DST, in B,
@@ -304,7 +342,7 @@ profile_daemons() {
 		rm -rf "$DSTS/pprof-$n" "$XDG_CACHE_HOME"
 		n=$((n + 1))
 	done
-	wait "${pids[@]}" || die "a profile could not be taken"
+	for h in 0 1; do wait "${pids[h]}" || die "a profile could not be taken (curl exited $?)"; done
 	echo "($n copies during the profiles)"
 	for h in a b; do
 		f=$OUT/pprof-$SHAPE-$CASE-$h
@@ -321,9 +359,12 @@ WARMED=
 for SHAPE in $SHAPES; do
 	echo "== $(stamp): shape $SHAPE"
 	shape_links "$SHAPE" "${LINKS[@]}"
-	CASE=raw
-	raw_run - 0 >/dev/null # the connection's first stream, untimed
-	for run in $(seq 1 "$RUNS"); do raw_run - "$run"; done
+	transport_run raw 0 # the connection's first stream, untimed
+	if [ -n "$HOP_CASE" ]; then
+		timed_runs "$RUNS" transport_run raw hop
+	else
+		timed_runs "$RUNS" transport_run raw
+	fi
 	for CASE in $CASES; do
 		if [ "$WARMUP" = 1 ] && [ -z "$WARMED" ]; then
 			copy_case lancache 0
@@ -363,6 +404,13 @@ per_gb() {
 		floor=$(awk -v r="$rr" -v s="$SHA" 'BEGIN { printf "%.2f", r + s + 0.3 }')
 		printf '%-30s %8.3fs %9s %6s %8s %8s | send %s, receive %s CPU-s/GB\n' \
 			"raw quic-go, $SHAPE" "$raw" - - "$(mbps "$RAW_BYTES" "$raw")" - "$rs" "$rr"
+		if [ -n "$HOP_CASE" ]; then
+			hop=$(col "$SHAPE" hop lancache 5 | median)
+			printf '%-30s %8.3fs %9s %6s %8s %8s | %6s %6s %6s %6s (curl) | hop/raw throughput %s\n' \
+				"QUIC hop ($HOP_CASE), $SHAPE" "$hop" - - "$(mbps "$RAW_BYTES" "$hop")" - \
+				"$(per_gb "$SHAPE" hop lancache 7)" "$(per_gb "$SHAPE" hop lancache 8)" "$floor" \
+				"$(per_gb "$SHAPE" hop lancache 10)" "$(ratio "$raw" "$hop")"
+		fi
 		for CASE in $CASES; do
 			lc=$(col "$SHAPE" "$CASE" lancache 5 | median)
 			ng=$(col "$SHAPE" "$CASE" nginx 5 | median)
@@ -375,6 +423,7 @@ per_gb() {
 		done
 	done
 	echo "ratio = lancache time / nginx time (targets: <= 1/0.95 = 1.05 at 1gbit for big and closure; <= 0.8 on compressible)"
+	echo "QUIC hop = curl in B fetching the NAR from B's endpoint, no Nix (target: >= 0.9 of raw quic-go's throughput)"
 	echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes single runs noisy)"
 } | tee "$OUT/table.txt"
 echo "per-run figures: $RUNS_TSV; all done in $(stamp)"

@@ -75,3 +75,39 @@ func (t *trackingWriter) Write(p []byte) (int, error) {
 	t.x.Add(int64(n))
 	return n, err
 }
+
+// NarInfoByFile passes the lookup on to a source that can find a file by
+// its hash (cache.FileFinder: the NAR cache), so that wrapping it does not
+// hide that.
+func (s trackedSource) NarInfoByFile(ctx context.Context, fileHash cache.NarHash) (*cache.NarInfo, error) {
+	ff, ok := s.Source.(cache.FileFinder)
+	if !ok {
+		return nil, cache.ErrNotFound
+	}
+	return ff.NarInfoByFile(ctx, fileHash)
+}
+
+// ReadFrom keeps the destination's ReadFrom (sendfile, for the NAR cache's
+// files) while counting: a file's bytes go in pieces, so the count is live.
+func (t *trackingWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := t.w.(io.ReaderFrom)
+	lr, limited := r.(*io.LimitedReader)
+	if !ok || !limited {
+		return io.Copy(struct{ io.Writer }{t}, r)
+	}
+	var total int64
+	for lr.N > 0 {
+		n, err := rf.ReadFrom(&io.LimitedReader{R: lr.R, N: min(lr.N, trackPiece)})
+		lr.N -= n
+		total += n
+		t.n += n
+		t.x.Add(n)
+		if err != nil || n == 0 {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// trackPiece is how much of a file ReadFrom sends between two counts.
+const trackPiece = 4 << 20

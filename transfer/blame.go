@@ -18,7 +18,7 @@ import (
 // with a digest of each, so that a bad NAR can be blamed on whoever sent
 // other bytes than a good copy has there.
 type narSink struct {
-	out  *rangeWriter
+	out  *cache.RangeWriter
 	x    *transfer
 	keep KeepWriter
 	h    hash.Hash // sha256 of bytes [0, n)
@@ -50,7 +50,7 @@ type probe struct {
 	digest     []byte
 }
 
-func newNarSink(size int64, out *rangeWriter, x *transfer, keep KeepWriter, probes []*probe) *narSink {
+func newNarSink(size int64, out *cache.RangeWriter, x *transfer, keep KeepWriter, probes []*probe) *narSink {
 	return &narSink{size: size, out: out, x: x, keep: keep, h: sha256.New(), probes: probes}
 }
 

@@ -238,7 +238,7 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 	x := n.xfers.start(h, info.Name(), size)
 	var mismatch error // the first verification failure, if any
 	for attempt := 1; ; attempt++ {
-		out := &rangeWriter{w: w, start: offset, end: end, hold: hold, held: make([]byte, 0, hold)}
+		out := &cache.RangeWriter{W: w, Skip: offset, Left: end - offset, Hold: hold}
 		keep := n.keep(h, info)
 		err := n.fetchVerified(ctx, h, info, out, x, keep)
 		if keep != nil {
@@ -250,7 +250,7 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 				keep.Abort(err)
 			}
 		}
-		if errors.Is(err, cache.ErrHashMismatch) && out.untouched() && attempt < maxVerifyAttempts && ctx.Err() == nil {
+		if errors.Is(err, cache.ErrHashMismatch) && out.Untouched() && attempt < maxVerifyAttempts && ctx.Err() == nil {
 			n.log.Info("NAR failed verification before any byte was released; fetching it again", "hash", h.String(), "attempt", attempt+1)
 			if mismatch == nil {
 				mismatch = err
@@ -263,7 +263,7 @@ func (n *Node) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, o
 			err = fmt.Errorf("%w (then: %v)", mismatch, err)
 		}
 		if err == nil {
-			if err = out.release(); err != nil {
+			if err = out.Release(); err != nil {
 				err = fmt.Errorf("NAR %s: write: %w", h, err)
 			}
 		}
@@ -302,7 +302,7 @@ func (n *Node) accept() byte {
 // fetchVerified runs one transfer of the whole NAR through a hash into out,
 // failing over between holders. A mismatch returns an error wrapping
 // cache.ErrHashMismatch.
-func (n *Node) fetchVerified(ctx context.Context, h cache.Hash, info *cache.NarInfo, out *rangeWriter, x *transfer, keep KeepWriter) error {
+func (n *Node) fetchVerified(ctx context.Context, h cache.Hash, info *cache.NarInfo, out *cache.RangeWriter, x *transfer, keep KeepWriter) error {
 	size := int64(info.NarSize)
 	sink := newNarSink(size, out, x, keep, n.blame.probes(h))
 	tried := make(map[*session]bool)
@@ -381,53 +381,4 @@ func (n *Node) mismatch(h cache.Hash, sink *narSink, verr error) error {
 func (n *Node) ban(id, name string, h cache.Hash, why error) {
 	until := n.blocklist(id)
 	n.log.Warn("peer sent a NAR that does not match its signed NarHash; blocklisted", "peer", id, "name", name, "hash", h.String(), "until", until.Format(time.RFC3339), "why", why)
-}
-
-// rangeWriter writes the bytes of file positions [start, end) of a stream
-// that begins at position 0, keeping the last hold bytes of the range until
-// release.
-type rangeWriter struct {
-	w          io.Writer
-	start, end int64
-	hold       int64
-	pos        int64  // file position of the next byte
-	held       []byte // range bytes at [end-hold, end) seen so far
-	written    int64  // bytes written to w
-}
-
-func (r *rangeWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	lo, hi := r.pos, r.pos+int64(n)
-	r.pos = hi
-	// Clip to the range.
-	a, b := max(lo, r.start), min(hi, r.end)
-	if a >= b {
-		return n, nil
-	}
-	cut := r.end - r.hold // range bytes from here on are held back
-	if a < cut {
-		k, err := r.w.Write(p[a-lo : min(b, cut)-lo])
-		r.written += int64(k)
-		if err != nil {
-			return 0, err
-		}
-	}
-	if b > cut {
-		r.held = append(r.held, p[max(a, cut)-lo:b-lo]...)
-	}
-	return n, nil
-}
-
-// untouched reports whether nothing has been written to the destination.
-func (r *rangeWriter) untouched() bool { return r.written == 0 }
-
-// release writes the held-back bytes.
-func (r *rangeWriter) release() error {
-	if len(r.held) == 0 {
-		return nil
-	}
-	k, err := r.w.Write(r.held)
-	r.written += int64(k)
-	r.held = nil
-	return err
 }

@@ -167,7 +167,7 @@ func (c *Cache) loadEntry(h cache.Hash, path string, narFiles map[string]int64) 
 	if size != want {
 		return nil, "", time.Time{}, fmt.Errorf("NAR %s has %d bytes, narinfo says %d", info.URL, size, want)
 	}
-	info.Compression = normCompression(info.Compression)
+	info.Compression = cache.NormCompression(info.Compression)
 	if info.FileSize == 0 {
 		info.FileSize = uint64(want)
 	}

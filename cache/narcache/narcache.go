@@ -416,14 +416,7 @@ func (c *Cache) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInfo, 
 // sameFile reports whether a and b describe the same file: the same NAR in
 // the same compression.
 func sameFile(a, b *cache.NarInfo) bool {
-	return a.NarHash == b.NarHash && a.NarSize == b.NarSize && normCompression(a.Compression) == normCompression(b.Compression)
-}
-
-func normCompression(c string) string {
-	if c == "" {
-		return "none"
-	}
-	return c
+	return a.NarHash == b.NarHash && a.NarSize == b.NarSize && cache.NormCompression(a.Compression) == cache.NormCompression(b.Compression)
 }
 
 // release drops a reader's reference. The last reader of an entry evicted

@@ -192,7 +192,7 @@ func TestCommitAndReopen(t *testing.T) {
 				t.Fatal(err)
 			}
 			if info.NarHash != it.info.NarHash || info.NarSize != it.info.NarSize || info.StorePath != it.info.StorePath ||
-				normCompression(info.Compression) != it.info.Compression || info.FileSize != uint64(len(it.file)) ||
+				cache.NormCompression(info.Compression) != it.info.Compression || info.FileSize != uint64(len(it.file)) ||
 				!strings.HasPrefix(info.URL, "nar/"+h.String()+"-") || len(info.Sigs) != 1 {
 				t.Fatalf("narinfo %+v does not describe %+v", info, it.info)
 			}

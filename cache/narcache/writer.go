@@ -64,7 +64,7 @@ func (c *Cache) Begin(info *cache.NarInfo) (*Writer, error) {
 		return nil, fmt.Errorf("begin NAR cache write %s: %w", h, err)
 	}
 	w := &Writer{c: c, info: *info, ext: ext, fh: sha256.New()}
-	w.info.Compression = normCompression(info.Compression)
+	w.info.Compression = cache.NormCompression(info.Compression)
 	w.est = cache.FileSize(info)
 	if w.est <= 0 {
 		w.est = int64(info.NarSize)

@@ -482,7 +482,7 @@ func (u *Upstream) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInf
 	if err != nil {
 		return err
 	}
-	if k.info.NarHash != info.NarHash || k.info.NarSize != info.NarSize || normCompression(k.info.Compression) != normCompression(info.Compression) {
+	if k.info.NarHash != info.NarHash || k.info.NarSize != info.NarSize || cache.NormCompression(k.info.Compression) != cache.NormCompression(info.Compression) {
 		return fmt.Errorf("NAR %s upstream: upstream's narinfo describes another file: %w", h, cache.ErrNotFound)
 	}
 	if u.store != nil {
@@ -512,13 +512,6 @@ func (u *Upstream) WriteNAR(ctx context.Context, w io.Writer, info *cache.NarInf
 		}
 	}
 	return u.direct(ctx, w, k, offset, length)
-}
-
-func normCompression(c string) string {
-	if c == "" {
-		return "none"
-	}
-	return c
 }
 
 // errDirect means the NAR cache cannot take the file; stream it directly.
@@ -686,12 +679,12 @@ func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, le
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.cfg.NARTimeout)
 	defer cancel()
-	hl := &holdLast{w: w}
-	rw := &rangeWriter{w: hl, skip: offset, left: length}
+	// The last byte waits for the verdict.
+	rw := &cache.RangeWriter{W: w, Skip: offset, Left: length, Hold: 1}
 	_, err = u.fetchNAR(ctx, k, io.MultiWriter(v, rw))
 	if err != nil {
 		v.Abort()
-		if rw.err == nil {
+		if rw.Err() == nil {
 			u.noteNARResult(k, err)
 		}
 		return fmt.Errorf("NAR %s upstream: %w", k.hash, err)
@@ -700,73 +693,11 @@ func (u *Upstream) direct(ctx context.Context, w io.Writer, k *known, offset, le
 		u.noteNARResult(k, err)
 		return fmt.Errorf("NAR %s upstream: %w", k.hash, err)
 	}
-	if rw.skip > 0 || rw.left > 0 {
+	if rw.Skip > 0 || rw.Left > 0 {
 		return fmt.Errorf("NAR %s upstream: range %d+%d beyond the file", k.hash, offset, length)
 	}
-	if err := hl.flush(); err != nil {
+	if err := rw.Release(); err != nil {
 		return fmt.Errorf("NAR %s upstream: %w", k.hash, err)
 	}
 	return nil
-}
-
-// holdLast passes on what it is given but for the last byte, which flush
-// writes.
-type holdLast struct {
-	w    io.Writer
-	last []byte // empty or one byte
-}
-
-func (h *holdLast) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if err := h.flush(); err != nil {
-		return 0, err
-	}
-	if len(p) > 1 {
-		if _, err := h.w.Write(p[:len(p)-1]); err != nil {
-			return 0, err
-		}
-	}
-	h.last = append(h.last, p[len(p)-1])
-	return len(p), nil
-}
-
-func (h *holdLast) flush() error {
-	if len(h.last) == 0 {
-		return nil
-	}
-	_, err := h.w.Write(h.last)
-	h.last = h.last[:0]
-	return err
-}
-
-// rangeWriter passes on bytes [skip, skip+left) of what it is given (left <
-// 0: to the end) and swallows the rest.
-type rangeWriter struct {
-	w    io.Writer
-	skip int64
-	left int64
-	err  error // the error w returned
-}
-
-func (r *rangeWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	if r.skip > 0 {
-		s := min(r.skip, int64(len(p)))
-		p, r.skip = p[s:], r.skip-s
-	}
-	if r.left >= 0 && int64(len(p)) > r.left {
-		p = p[:r.left]
-	}
-	if len(p) > 0 {
-		if _, err := r.w.Write(p); err != nil {
-			r.err = err
-			return 0, err
-		}
-		if r.left >= 0 {
-			r.left -= int64(len(p))
-		}
-	}
-	return n, nil
 }

@@ -61,7 +61,7 @@ type Config struct {
 	// always or never; see transfer.Config.Compression.
 	PeerCompression string
 	// VerifyFirstMax: NARs from peers up to this size are verified whole
-	// before their first byte goes to Nix (0: the default, 32 MiB;
+	// before their first byte goes to Nix (0: the default, 1 MiB;
 	// negative: none).
 	VerifyFirstMax int64
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -63,21 +64,26 @@ func (c *codecs) close() {
 	c.dec.Close()
 }
 
-// compressPolicy decides per chunk whether to compress, from moving averages
-// of the time a raw byte takes to go out (wire: CPU of the transport plus
-// waiting for the link), the time compressing takes per input byte, and the
-// ratio reached.
+// compressPolicy decides per chunk whether to compress, from what each way
+// of sending has been achieving: moving averages of the NAR bytes per
+// second that a raw chunk and a compressed chunk get through (compressing
+// included, and the write to the stream, which blocks while the link or the
+// peer is slower than us). Compressing pays when the link, or the receiver
+// behind it, is the bottleneck (fewer bytes shorten the wait), and costs
+// when this CPU is (it only adds work); the rates tell which, whatever the
+// cause. The way not chosen is tried every probeEvery chunks so that the
+// averages follow changes; data that does not compress is backed off from.
 type compressPolicy struct {
-	wire     float64 // ns per byte written to the stream
-	comp     float64 // ns per input byte compressed
-	ratio    float64 // input bytes per output byte
+	rawRate  float64 // NAR bytes per ns, raw chunks
+	compRate float64 // NAR bytes per ns, compressed chunks
 	chunks   int
 	skipTill int // no compression tried before this chunk (incompressible data)
+	backoff  int // chunks skipped after the last incompressible one
 }
 
 const (
-	probeEvery = 16 // compress at least every 16th chunk to keep measuring
-	ewma       = 0.3
+	probeEvery = 16 // try the other way every 16th chunk to keep measuring
+	ewma       = 0.25
 )
 
 func avg(old, v float64) float64 {
@@ -94,31 +100,43 @@ func (p *compressPolicy) compress() bool {
 	switch {
 	case i < p.skipTill:
 		return false
-	case p.comp == 0:
-		return true // measure first
-	case i%probeEvery == 0:
-		return true
-	case p.wire == 0:
-		return false // measure the link next
+	case p.compRate == 0:
+		return true // measure both ways first
+	case p.rawRate == 0:
+		return false
 	}
-	// Compressed, a byte costs comp + wire/ratio; raw, wire.
-	return p.comp+p.wire/p.ratio < p.wire*0.95
+	better := p.compRate > p.rawRate*1.05
+	if i%probeEvery == 0 {
+		return !better
+	}
+	return better
 }
 
-func (p *compressPolicy) sawCompress(in, out int, d time.Duration) {
-	p.comp = avg(p.comp, float64(d.Nanoseconds())/float64(in))
-	r := float64(in) / float64(max(out, 1))
-	p.ratio = avg(p.ratio, r)
-	if r < 1.1 {
-		// Does not compress (random data, already compressed files):
-		// do not try again for a while.
-		p.skipTill = p.chunks + 4*probeEvery
+// sawCompress records a compression attempt's ratio.
+func (p *compressPolicy) sawCompress(in, out int) {
+	if float64(in) < 1.1*float64(max(out, 1)) {
+		// Does not compress (random data, an already compressed file in
+		// the NAR): skip a few chunks, twice as many each time in a row,
+		// so that random data is soon sent raw and a mixed NAR (binaries,
+		// text, a .gz here and there) compresses again after one.
+		p.backoff = min(max(1, 2*p.backoff), 4*probeEvery)
+		p.skipTill = p.chunks + p.backoff
+		return
 	}
+	p.backoff, p.skipTill = 0, 0
 }
 
-func (p *compressPolicy) sawWrite(n int, d time.Duration) {
-	if n >= 16<<10 {
-		p.wire = avg(p.wire, float64(d.Nanoseconds())/float64(n))
+// sawChunk records how long a chunk of in NAR bytes took to go out, from
+// the start of its compression (if compressed) to the end of its write.
+func (p *compressPolicy) sawChunk(compressed bool, in int, d time.Duration) {
+	if in < 16<<10 {
+		return // too small to say anything
+	}
+	r := float64(in) / float64(max(d.Nanoseconds(), 1))
+	if compressed {
+		p.compRate = avg(p.compRate, r)
+	} else {
+		p.rawRate = avg(p.rawRate, r)
 	}
 }
 
@@ -129,9 +147,10 @@ type chunkWriter struct {
 	codecs *codecs
 	force  bool // compress every chunk that shrinks
 	policy compressPolicy
-	buf    []byte // pending raw bytes
-	out    []byte // scratch: header + compressed chunk
-	wire   int64  // bytes written to w
+	shared *sharedPolicy // where policy came from and goes back to, if any
+	buf    []byte        // pending raw bytes
+	out    []byte        // scratch: header + compressed chunk
+	wire   int64         // bytes written to w
 }
 
 // newChunkWriter returns a chunkWriter for about size bytes (its buffers
@@ -183,11 +202,14 @@ func (c *chunkWriter) emit(raw []byte) error {
 	hdr := c.out[:chunkHeaderLen]
 	hdr[0] = chunkRaw
 	body := raw
+	start := time.Now()
+	tried, compressed := false, false
 	if c.force || c.policy.compress() {
-		t := time.Now()
+		tried = true
 		z := c.codecs.enc.EncodeAll(raw, c.out[chunkHeaderLen:chunkHeaderLen])
-		c.policy.sawCompress(len(raw), len(z), time.Since(t))
+		c.policy.sawCompress(len(raw), len(z))
 		if len(z) < len(raw) {
+			compressed = true
 			hdr = c.out[:chunkHeaderLen] // EncodeAll may not have grown out: z is in place
 			if cap(z) > cap(c.out)-chunkHeaderLen {
 				// It grew beyond the scratch buffer: a fresh slice.
@@ -200,20 +222,53 @@ func (c *chunkWriter) emit(raw []byte) error {
 	}
 	binary.BigEndian.PutUint32(hdr[1:], uint32(len(raw)))
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(body)))
-	t := time.Now()
 	if _, err := c.w.Write(hdr); err != nil {
 		return err
 	}
 	if _, err := c.w.Write(body); err != nil {
 		return err
 	}
-	c.policy.sawWrite(len(body), time.Since(t))
+	if compressed || !tried {
+		c.policy.sawChunk(compressed, len(raw), time.Since(start))
+	}
 	c.wire += int64(chunkHeaderLen + len(body))
 	return nil
 }
 
-// Close writes what is pending as the last chunk.
-func (c *chunkWriter) Close() error { return c.flush() }
+// Close writes what is pending as the last chunk, and hands what the
+// policy learnt back to the session.
+func (c *chunkWriter) Close() error {
+	err := c.flush()
+	if c.shared != nil {
+		c.shared.put(c.policy)
+	}
+	return err
+}
+
+// sharedPolicy carries a compressPolicy from one response to the next on
+// a session: the link and the CPUs are the same, so a new response starts
+// from what the last one measured instead of probing again (which, for the
+// many small NARs of a closure, would compress the first chunk of each).
+type sharedPolicy struct {
+	mu sync.Mutex
+	p  compressPolicy
+}
+
+func (s *sharedPolicy) get() compressPolicy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.p
+	// Chunk counts are per response; what was measured carries over.
+	p.skipTill -= p.chunks
+	p.chunks = 0
+	return p
+}
+
+func (s *sharedPolicy) put(p compressPolicy) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.p = p
+}
 
 // chunkReader decodes encChunked bytes from r.
 type chunkReader struct {

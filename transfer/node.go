@@ -77,7 +77,7 @@ type Config struct {
 	// index); PeerIndex counts the drops.
 	MaxIndexEntries int
 	// VerifyFirstMax: NARs up to this size are verified whole before their
-	// first byte is released (0: 32 MiB; negative: none; see WriteNAR).
+	// first byte is released (0: 1 MiB; negative: none; see WriteNAR).
 	VerifyFirstMax int64
 	// Keeper, if set, keeps the NARs this node fetched from peers (the NAR
 	// cache of a node with --cache-dir), so that it serves them in turn.

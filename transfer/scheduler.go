@@ -174,15 +174,22 @@ func (n *Node) checkNarInfo(h cache.Hash, info *cache.NarInfo) error {
 // file that failed the check.
 const holdBack = 64 << 10
 
-// Files up to Config.VerifyFirstMax (default defaultVerifyFirstMax) are verified whole before their first byte is
-// released, within a node-wide budget of verifyFirstBudget bytes held in
-// memory. A peer that sends bad bytes is then routed around inside the same
-// response: the caller (Nix) sees one good response from the next holder,
-// instead of a broken one it would resume with a Range request from another
-// holder (and still fail, its first part being bad). Larger files, or any
-// file when the budget is spent, stream with the holdBack tail only.
+// Files up to Config.VerifyFirstMax (default defaultVerifyFirstMax) are
+// verified whole before their first byte is released, within a node-wide
+// budget of verifyFirstBudget bytes held in memory. A peer that sends bad
+// bytes is then routed around inside the same response: the caller (Nix)
+// sees one good response from the next holder, instead of a broken one it
+// would resume with a Range request from another holder (and still fail,
+// its first part being bad). Larger files, or any file when the budget is
+// spent, stream with the holdBack tail only.
+//
+// The default is 1 MiB, not more: holding a NAR back delays Nix's import
+// of it by its whole transfer time, which on a closure's dependency chain
+// adds up (measured: 373 paths at 1 Gbit/s took 1.33x nginx's time with
+// 32 MiB, 1.10x with none; docs/benchmarks.md). Most paths of a closure
+// are small, so most still get the in-response reroute.
 const (
-	defaultVerifyFirstMax = 32 << 20
+	defaultVerifyFirstMax = 1 << 20
 	verifyFirstBudget     = 128 << 20
 	maxVerifyAttempts     = 3
 )

@@ -33,6 +33,9 @@ type session struct {
 	cancel context.CancelCauseFunc
 	done   chan struct{} // closed when run returns
 
+	// policy is what the chunked encoding measured on this session.
+	policy sharedPolicy
+
 	// firstInventory is closed once the peer's first inventory snapshot
 	// is in the index.
 	firstInventory chan struct{}
@@ -662,6 +665,7 @@ func (s *session) serveNAR(st *quic.Stream, m *narReq) error {
 			// Chunks go straight to the stream: the time a write takes
 			// tells whether the link or the CPU is the bottleneck.
 			cw := newChunkWriter(lw, s.n.codecs, m.Accept&acceptForce != 0, int64(want))
+			cw.policy, cw.shared = s.policy.get(), &s.policy
 			if err := s.n.local.WriteNAR(ctx, cw, info, int64(m.Offset), int64(want)); err != nil {
 				return err
 			}

@@ -70,6 +70,7 @@ let
     buildGo126Module = args: args // { type = "derivation"; name = "${args.pname}-${args.version}"; outPath = "/nix/store/stub-${args.pname}"; };
     mkShell = args: args // { type = "derivation"; name = "shell"; };
     go_1_26 = "go"; gopls = "gopls"; gotools = "gotools"; dpkg = "dpkg"; iproute2 = "iproute2";
+    xz = "xz"; zstd = "zstd"; bzip2 = "bzip2";
     stdenv = { isLinux = builtins.match ".*-linux" system != null; hostPlatform.system = system; };
   };
   nixpkgs = { inherit lib; legacyPackages = lib.genAttrs systems stubPkgsFor; };

@@ -53,9 +53,11 @@ install_missing() {
 	command -v groff >/dev/null || missing+=(groff-base)        # packaging: man page
 	command -v curl >/dev/null || missing+=(curl)
 	command -v xz >/dev/null || missing+=(xz-utils)
+	command -v zstd >/dev/null || missing+=(zstd)   # FuzzVerifier's reference decoders
+	command -v bzip2 >/dev/null || missing+=(bzip2)
 	command -v setpriv >/dev/null || missing+=(util-linux)
 	if [ ${#missing[@]} -eq 0 ]; then
-		echo "all present: nix-bin busybox-static nginx iproute2 tmux gcc systemd groff-base curl xz-utils util-linux"
+		echo "all present: nix-bin busybox-static nginx iproute2 tmux gcc systemd groff-base curl xz-utils zstd bzip2 util-linux"
 		return 0
 	fi
 	if [ "${SKIP_INSTALL:-}" = 1 ]; then

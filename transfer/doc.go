@@ -25,8 +25,8 @@
 // transfer resumes on a holder of another form at the same byte; each
 // response says how its bytes are encoded: a held compressed file as it is
 // (whole-NAR requests only), plain NAR bytes, or chunks that the holder
-// compresses with zstd on the fly when it measures that the link, not its
-// CPU, is the bottleneck (encoding.go). The narinfo a peer sent is
+// compresses with zstd on the fly wherever the data compresses
+// (encoding.go). The narinfo a peer sent is
 // remembered for a while, with who sent it, so the NAR request that
 // follows needs no second round trip.
 //

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -471,38 +470,18 @@ func TestChunkedRoundTrip(t *testing.T) {
 	}
 }
 
-// The policy compresses when compressed chunks get through faster (a slow
-// link or receiver), not when raw ones do (this CPU is the bottleneck),
-// keeps probing the other way, and stops trying on data that does not
-// compress.
+// The policy compresses every chunk of data that compresses, and backs off
+// from data that does not.
 func TestCompressPolicy(t *testing.T) {
-	// ns per chunk of 256 KiB: raw and compressed as the link and CPU make them.
-	run := func(rawNs, compNs float64) (compressed int) {
-		var p compressPolicy
-		for range 160 {
-			c := p.compress()
-			if c {
-				compressed++
-				p.sawCompress(sendChunk, sendChunk/4)
-				p.sawChunk(true, sendChunk, time.Duration(compNs))
-			} else {
-				p.sawChunk(false, sendChunk, time.Duration(rawNs))
-			}
+	var p compressPolicy
+	for i := range 100 {
+		if !p.compress() {
+			t.Fatalf("compressible data: chunk %d not compressed", i)
 		}
-		return compressed
-	}
-	// 1 Gbit/s link: a raw chunk takes 2.2 ms, a compressed one 0.6 ms of
-	// compression plus 0.55 ms on the wire.
-	if n := run(2.2e6, 1.15e6); n < 140 {
-		t.Errorf("slow link: %d of 160 chunks compressed", n)
-	}
-	// Unshaped, this CPU the bottleneck: raw 0.5 ms, compressed 0.9 ms.
-	if n := run(0.5e6, 0.9e6); n > 20 {
-		t.Errorf("CPU-bound: %d of 160 chunks compressed", n)
+		p.sawCompress(sendChunk, sendChunk/4)
 	}
 	// Incompressible chunks: tried less and less often, down to one chunk
 	// in 4*probeEvery; a chunk that compresses resets that.
-	var p compressPolicy
 	tries := 0
 	for range 400 {
 		if p.compress() {
@@ -514,7 +493,7 @@ func TestCompressPolicy(t *testing.T) {
 		t.Errorf("random data: compression tried on %d of 400 chunks", tries)
 	}
 	p.sawCompress(1000, 300)
-	if p.backoff != 0 || p.chunks < p.skipTill {
+	if p.backoff != 0 || !p.compress() {
 		t.Error("a chunk that compresses does not end the back-off")
 	}
 }

@@ -84,8 +84,8 @@ type Config struct {
 	Keeper Keeper
 	// Compression is what this node asks holders to send: CompressAuto
 	// (default: held .nar.zst/.nar.xz as they are, and compression on the
-	// fly chunk by chunk where the holder measures that it pays),
-	// CompressAlways (compress every chunk that shrinks) or CompressNever
+	// fly chunk by chunk while the data compresses, backing off from data
+	// that does not), CompressAlways (try every chunk) or CompressNever
 	// (plain NAR bytes only).
 	Compression string
 }

@@ -199,7 +199,7 @@ const (
 // serve it, whatever form it keeps the path in: requests name positions in
 // the uncompressed NAR, a holder sends its .nar.zst or .nar.xz as it is when
 // that is the whole request, or the NAR bytes (compressed chunk by chunk on
-// the fly where that pays), and WriteNAR decodes. When the serving peer
+// the fly where the data compresses), and WriteNAR decodes. When the serving peer
 // fails mid-stream, the transfer resumes at the same NAR byte on the next
 // holder; w sees one uninterrupted stream.
 //

@@ -501,10 +501,10 @@ const (
 	acceptZstd byte = 1 << 0
 	acceptXZ   byte = 1 << 1
 	// acceptCompress: a server holding the path uncompressed may send it
-	// encChunked, compressing the chunks where that pays.
+	// encChunked, compressing the chunks that compress.
 	acceptCompress byte = 1 << 2
-	// acceptForce, with acceptCompress: compress every chunk that shrinks,
-	// whatever the server measures (a requester on a link it knows is slow).
+	// acceptForce, with acceptCompress: try compressing every chunk, with no
+	// back-off from data that did not compress.
 	acceptForce byte = 1 << 3
 	acceptAll        = acceptZstd | acceptXZ | acceptCompress | acceptForce
 )

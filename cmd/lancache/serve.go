@@ -39,7 +39,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.FleetKeyFile, "fleet-key", "", "shared secret `FILE` (from 'lancache keygen --fleet'); peers without it are refused")
 	fs.Var(&peers, "peer", "static peer `HOST:PORT` (QUIC), repeatable")
 	fs.BoolVar(&cfg.NoMDNS, "no-mdns", false, "disable mDNS discovery (use --peer where multicast is blocked)")
-	fs.StringVar(&cfg.PeerCompression, "peer-compression", "auto", "what to ask peers to send: auto (held .nar.zst/.nar.xz as they are; NARs held uncompressed compressed on the fly where the holder measures that it pays), always (compress every chunk that shrinks: slow links), never (plain NAR bytes)")
+	fs.StringVar(&cfg.PeerCompression, "peer-compression", "auto", "what to ask peers to send: auto (held .nar.zst/.nar.xz as they are; NARs held uncompressed compressed on the fly, chunk by chunk, while the data compresses), always (try every chunk, even of data that did not compress), never (plain NAR bytes)")
 	fs.StringVar(&verifyMax, "verify-first-max", "1MiB", "NARs from peers up to this `SIZE` are verified whole before Nix gets a byte, so a bad peer is routed around inside one response; larger ones stream with the last 64 KiB held back until verified; 0: none")
 	fs.Var(&ifaces, "interface", "network interface `NAME` for mDNS, repeatable (default: every up, multicast-capable, non-loopback one)")
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "`DIR` for the node identity key and other state")

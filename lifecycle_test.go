@@ -40,6 +40,9 @@ func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot count file descriptors, and CI=true forbids skipping: %v", err)
+		}
 		t.Skipf("cannot count file descriptors: %v", err)
 	}
 	return len(ents)

@@ -50,9 +50,7 @@ func noXZ(string) (string, error) { return "", exec.ErrNotFound }
 // bytes after the last stream are an error for both (xz --single-stream
 // ignored them, so a file with garbage appended passed the NarHash check).
 func TestXZDecodersAgree(t *testing.T) {
-	if _, err := exec.LookPath("xz"); err != nil {
-		t.Skip("xz(1) is not installed: only one decoder to compare")
-	}
+	needXZ(t, "only one decoder to compare")
 	var lz bytes.Buffer
 	lw, _ := lzma.NewWriter(&lz)
 	lw.Write([]byte("legacy"))
@@ -161,9 +159,7 @@ func TestXZLookedUpOnce(t *testing.T) {
 // xz writes them), compressed and stored LZMA2 chunks; and refuses each of
 // them cut short, as xz(1) does.
 func TestXZFramingOfXZOutput(t *testing.T) {
-	if _, err := exec.LookPath("xz"); err != nil {
-		t.Skip("xz(1) is not installed: no files of its to read")
-	}
+	needXZ(t, "no files of its to read")
 	data := make([]byte, 600_000)
 	rng := rand.NewChaCha8([32]byte{7})
 	rng.Read(data[:200_000]) // incompressible: stored chunks
@@ -204,9 +200,7 @@ func TestXZFramingOfXZOutput(t *testing.T) {
 // against xz(1), an independent implementation: both accept the same files
 // and decode them to the same bytes.
 func FuzzXZDecodersAgree(f *testing.F) {
-	if _, err := exec.LookPath("xz"); err != nil {
-		f.Skip("xz(1) is not installed: nothing to compare with")
-	}
+	needXZ(f, "nothing to compare with")
 	one, two := xzBytes(f, "first stream\n"), xzBytes(f, "second stream\n")
 	f.Add(one)
 	f.Add(cat(one, two))

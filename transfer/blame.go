@@ -6,6 +6,7 @@ import (
 	"encoding"
 	"fmt"
 	"hash"
+	"slices"
 	"sync"
 	"time"
 
@@ -163,20 +164,11 @@ func (s *narSink) verify(info *cache.NarInfo) error {
 func (s *narSink) contributors() []string {
 	var out []string
 	for _, g := range s.segments() {
-		if len(out) == 0 || !contains(out, g.peer) {
+		if !slices.Contains(out, g.peer) {
 			out = append(out, g.peer)
 		}
 	}
 	return out
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // segments are the non-empty segments of the transfer.
@@ -275,7 +267,7 @@ func (b *blame) judge(h cache.Hash, sink *narSink) []string {
 	var guilty []string
 	for _, g := range sp.segs {
 		for _, pr := range sink.probes {
-			if pr.start == g.start && pr.end == g.end && pr.digest != nil && !bytes.Equal(pr.digest, g.digest) && !contains(guilty, g.peer) {
+			if pr.start == g.start && pr.end == g.end && pr.digest != nil && !bytes.Equal(pr.digest, g.digest) && !slices.Contains(guilty, g.peer) {
 				guilty = append(guilty, g.peer)
 			}
 		}

@@ -109,7 +109,6 @@ type chunkWriter struct {
 	shared *sharedPolicy // where policy came from and goes back to, if any
 	buf    []byte        // pending raw bytes
 	out    []byte        // scratch: header + compressed chunk
-	wire   int64         // bytes written to w
 }
 
 // newChunkWriter returns a chunkWriter for about size bytes (its buffers
@@ -183,7 +182,6 @@ func (c *chunkWriter) emit(raw []byte) error {
 	if _, err := c.w.Write(body); err != nil {
 		return err
 	}
-	c.wire += int64(chunkHeaderLen + len(body))
 	return nil
 }
 
@@ -229,7 +227,6 @@ type chunkReader struct {
 	in     []byte // the current chunk as received
 	out    []byte // decoded bytes of the current chunk
 	off    int    // next byte of out to return
-	wire   int64  // bytes read from r
 	hdr    [chunkHeaderLen]byte
 	reused []byte
 }
@@ -268,8 +265,7 @@ func (c *chunkReader) chunk() ([]byte, error) {
 // next reads and decodes the next chunk. At a clean end of the stream
 // (between chunks) it returns io.EOF.
 func (c *chunkReader) next() error {
-	k, err := io.ReadFull(c.r, c.hdr[:])
-	c.wire += int64(k)
+	_, err := io.ReadFull(c.r, c.hdr[:])
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return io.EOF
@@ -296,8 +292,7 @@ func (c *chunkReader) next() error {
 		c.in = make([]byte, encLen)
 	}
 	c.in = c.in[:encLen]
-	k, err = io.ReadFull(c.r, c.in)
-	c.wire += int64(k)
+	_, err = io.ReadFull(c.r, c.in)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF

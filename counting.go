@@ -91,22 +91,13 @@ func (s trackedSource) NarInfoByFile(ctx context.Context, fileHash cache.NarHash
 // files) while counting: a file's bytes go in pieces, so the count is live.
 func (t *trackingWriter) ReadFrom(r io.Reader) (int64, error) {
 	rf, ok := t.w.(io.ReaderFrom)
-	lr, limited := r.(*io.LimitedReader)
-	if !ok || !limited {
+	if !ok {
 		return io.Copy(struct{ io.Writer }{t}, r)
 	}
-	var total int64
-	for lr.N > 0 {
-		n, err := rf.ReadFrom(&io.LimitedReader{R: lr.R, N: min(lr.N, trackPiece)})
-		lr.N -= n
-		total += n
+	return cache.ReadFromInPieces(rf, struct{ io.Writer }{t}, r, trackPiece, nil, func(n int64) {
 		t.n += n
 		t.x.Add(n)
-		if err != nil || n == 0 {
-			return total, err
-		}
-	}
-	return total, nil
+	})
 }
 
 // trackPiece is how much of a file ReadFrom sends between two counts.

@@ -276,27 +276,43 @@ func (l *lazyWriter) Write(p []byte) (int, error) {
 // must make progress within writeStall.
 func (l *lazyWriter) ReadFrom(r io.Reader) (int64, error) {
 	rf, ok := l.w.(io.ReaderFrom)
-	lr, limited := r.(*io.LimitedReader)
-	if !ok || !limited {
+	if !ok {
 		return io.Copy(writerOnly{l}, r)
 	}
-	var total int64
-	for lr.N > 0 {
+	return ReadFromInPieces(rf, writerOnly{l}, r, sendfilePiece, func() {
 		if l.n == 0 {
 			l.w.WriteHeader(l.status)
 		}
 		l.rc.SetWriteDeadline(time.Now().Add(writeStall))
-		piece := &io.LimitedReader{R: lr.R, N: min(lr.N, sendfilePiece)}
-		n, err := rf.ReadFrom(piece)
-		lr.N -= n
+	}, func(n int64) {
 		l.n += n
-		total += n
 		l.sent.Add(uint64(n))
-		if err != nil {
-			return total, err
+	})
+}
+
+// ReadFromInPieces copies r to dst with dst's own ReadFrom (sendfile when
+// r is an *io.LimitedReader of a file, as io.CopyN makes it) in pieces of
+// at most piece bytes, calling before ahead of each piece and after with
+// what it sent, so a wrapper of a response can push a deadline forward or
+// count live without hiding the file from the response. A reader that is
+// not an *io.LimitedReader is copied through w, the wrapper without its
+// ReadFrom.
+func ReadFromInPieces(dst io.ReaderFrom, w io.Writer, r io.Reader, piece int64, before func(), after func(n int64)) (int64, error) {
+	lr, limited := r.(*io.LimitedReader)
+	if !limited {
+		return io.Copy(w, r)
+	}
+	var total int64
+	for lr.N > 0 {
+		if before != nil {
+			before()
 		}
-		if n == 0 {
-			break // the file ended early
+		n, err := dst.ReadFrom(&io.LimitedReader{R: lr.R, N: min(lr.N, piece)})
+		lr.N -= n
+		total += n
+		after(n)
+		if err != nil || n == 0 {
+			return total, err // n == 0: the file ended early
 		}
 	}
 	return total, nil

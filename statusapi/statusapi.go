@@ -135,32 +135,6 @@ type TransferStatus struct {
 	Error       string    `json:"error,omitempty"` // why it failed, with a Result other than ResultOK
 	ElapsedSecs float64   `json:"elapsed_seconds"`
 	Failovers   int       `json:"failovers,omitempty"` // resumes on another peer, with SourcePeer
-	// Flight is set for a download shared by the LAN (see FlightStatus).
-	Flight *FlightStatus `json:"flight,omitempty"`
-}
-
-// FlightRole is a node's part in a LAN-wide download of one NAR.
-type FlightRole string
-
-// Flight roles.
-const (
-	// RoleFetcher: this node downloads the NAR from upstream for the LAN
-	// (Source is SourceUpstream); peers follow its growing download.
-	RoleFetcher FlightRole = "fetcher"
-	// RoleFollower: this node streams the NAR from a peer's download still
-	// in progress (Source is SourcePeer; Peer names the fetcher).
-	RoleFollower FlightRole = "follower"
-)
-
-// FlightStatus describes this node's part in a LAN-wide download (one WAN
-// download of a NAR for the whole LAN, see transfer.Flights).
-type FlightStatus struct {
-	Role FlightRole `json:"role"`
-	// Followers is how many peers are reading this node's copy now.
-	Followers int `json:"followers"`
-	// Resumes counts takeovers: the fetcher died or stalled and the
-	// download continued from the byte reached, elsewhere or here.
-	Resumes int `json:"resumes,omitempty"`
 }
 
 // Active tells whether the transfer is still in progress.
@@ -177,13 +151,4 @@ type Totals struct {
 	VerificationFailures uint64 `json:"verification_failures"`
 	NarFailures          uint64 `json:"nar_failures"`
 	BadRequests          uint64 `json:"bad_requests"`
-	// FlightsFetched counts NARs this node downloaded from upstream for
-	// the LAN (as the elected fetcher, or taking over from one).
-	FlightsFetched uint64 `json:"flights_fetched"`
-	// FlightsFollowed counts NARs this node streamed from a peer's
-	// download while it was in progress.
-	FlightsFollowed uint64 `json:"flights_followed"`
-	// WANBytesSaved counts upstream file bytes this node received from
-	// peers' downloads instead of from upstream.
-	WANBytesSaved uint64 `json:"wan_bytes_saved"`
 }

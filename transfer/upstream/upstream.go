@@ -22,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,11 +96,14 @@ type Stats struct {
 	NARBytes         uint64 // NAR file bytes received from upstreams
 	NARErrors        uint64 // NAR downloads that failed for another reason than bad bytes
 	VerifyFailures   uint64 // NAR downloads whose bytes did not match the signed NarHash
+	RangeResumes     uint64 // FetchFile continuations upstream answered with the rest only (206)
+	RestartResumes   uint64 // FetchFile continuations read from the start, upstream ignoring Range
 }
 
 type counters struct {
 	narInfoHits, narInfoMisses, narInfoErrors, narInfoUntrusted, narInfoFetches atomic.Uint64
 	narDownloads, narBytes, narErrors, verifyFailures                           atomic.Uint64
+	rangeResumes, restartResumes                                                atomic.Uint64
 }
 
 // Upstream is a cache.Source backed by upstream binary caches and, for NARs,
@@ -248,6 +252,8 @@ func (u *Upstream) Stats() Stats {
 		NARBytes:         c.narBytes.Load(),
 		NARErrors:        c.narErrors.Load(),
 		VerifyFailures:   c.verifyFailures.Load(),
+		RangeResumes:     c.rangeResumes.Load(),
+		RestartResumes:   c.restartResumes.Load(),
 	}
 }
 
@@ -615,6 +621,16 @@ const (
 // fetchNAR copies k's NAR file from its upstream to dst, failing when the
 // upstream is silent for NARIdleTimeout.
 func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64, error) {
+	return u.fetchFrom(ctx, k, dst, 0)
+}
+
+// fetchFrom copies k's NAR file from byte offset to its end from its
+// upstream to dst, failing when the upstream is silent for NARIdleTimeout.
+// For offset > 0 it asks for the rest with a Range request; an upstream
+// that ignores it (200) is read from the start, the first offset bytes
+// discarded. Every body byte received counts in NARBytes: it is what the
+// WAN carried.
+func (u *Upstream) fetchFrom(ctx context.Context, k *known, dst io.Writer, offset int64) (int64, error) {
 	u.stats.narDownloads.Add(1)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -632,12 +648,27 @@ func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64
 		return 0, fail(err)
 	}
 	req.Header.Set("User-Agent", "lancache")
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return 0, fail(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	var skip int64
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		skip = offset
+		if offset > 0 {
+			u.stats.restartResumes.Add(1)
+		}
+	case resp.StatusCode == http.StatusPartialContent && offset > 0:
+		if err := checkContentRange(resp.Header.Get("Content-Range"), offset, cache.FileSize(k.info)); err != nil {
+			return 0, fail(err)
+		}
+		u.stats.rangeResumes.Add(1)
+	default:
 		return 0, fail(fmt.Errorf("status %s", resp.Status))
 	}
 	buf := make([]byte, copyBufSize)
@@ -650,21 +681,136 @@ func (u *Upstream) fetchNAR(ctx context.Context, k *known, dst io.Writer) (int64
 		idle.Stop()
 		if m > 0 {
 			u.stats.narBytes.Add(uint64(m))
-			if _, err := dst.Write(buf[:m]); err != nil {
-				if _, isCache := dst.(*narcache.Writer); isCache && !errors.Is(err, cache.ErrHashMismatch) {
-					err = fmt.Errorf("%w: %w", errLocalWrite, err)
-				}
-				return n, fmt.Errorf("GET %s from %s: %w", k.info.URL, k.up.base, err)
+			p := buf[:m]
+			if skip > 0 {
+				d := min(skip, int64(len(p)))
+				p, skip = p[d:], skip-d
 			}
-			n += int64(m)
+			if len(p) > 0 {
+				if _, err := dst.Write(p); err != nil {
+					if _, isCache := dst.(*narcache.Writer); isCache && !errors.Is(err, cache.ErrHashMismatch) {
+						err = fmt.Errorf("%w: %w", errLocalWrite, err)
+					}
+					return n, fmt.Errorf("GET %s from %s: %w", k.info.URL, k.up.base, err)
+				}
+				n += int64(len(p))
+			}
 		}
 		if rerr == io.EOF {
+			if skip > 0 {
+				return n, fail(fmt.Errorf("file ended before byte %d", offset))
+			}
 			return n, nil
 		}
 		if rerr != nil {
 			return n, fail(rerr)
 		}
 	}
+}
+
+// checkContentRange checks that a 206 answer to "Range: bytes=offset-"
+// starts at offset and runs to the end of the file (size, when known).
+func checkContentRange(cr string, offset, size int64) error {
+	var first, last int64
+	var total string
+	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%s", &first, &last, &total); err != nil {
+		return fmt.Errorf("partial content with Content-Range %q: %w", cr, err)
+	}
+	if first != offset || last < first {
+		return fmt.Errorf("partial content %q for a request from byte %d", cr, offset)
+	}
+	if total != "*" {
+		t, err := strconv.ParseInt(total, 10, 64)
+		switch {
+		case err != nil:
+			return fmt.Errorf("partial content with Content-Range %q: %w", cr, err)
+		case last != t-1:
+			return fmt.Errorf("partial content %q stops before the end of the file", cr)
+		case size > 0 && t != size:
+			return fmt.Errorf("partial content %q of a file of %d bytes", cr, size)
+		}
+	}
+	return nil
+}
+
+// ErrWrite wraps the errors of the writer FetchFile writes to, so that a
+// caller tells them from upstream failures.
+var ErrWrite = errors.New("writing the fetched bytes failed")
+
+// FetchFile writes the NAR file info describes, as an upstream serves it
+// (compressed as info.Compression), from byte offset to its end, to w, and
+// returns how many bytes it wrote. It is for a caller that verifies and
+// keeps the bytes itself, such as a node continuing a download another one
+// started: FetchFile does not verify, does not use the NAR cache and does
+// not coalesce. From offset > 0 it asks upstream for the rest only (HTTP
+// Range), or, when upstream ignores ranges, reads the file from its start
+// and skips the first offset bytes.
+//
+// It returns an error wrapping cache.ErrNotFound, before writing anything,
+// when no upstream has the path as the file info describes (NarHash,
+// NarSize, compression; FileHash and FileSize when both narinfos have
+// them). Errors of w wrap ErrWrite.
+func (u *Upstream) FetchFile(ctx context.Context, w io.Writer, info *cache.NarInfo, offset int64) (int64, error) {
+	h, err := info.Hash()
+	if err != nil {
+		return 0, fmt.Errorf("NAR file of %q upstream: %w: %w", info.StorePath, cache.ErrNotFound, err)
+	}
+	if offset < 0 {
+		return 0, fmt.Errorf("NAR file %s upstream: negative offset %d", h, offset)
+	}
+	k, err := u.lookup(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	if !sameFile(k.info, info) {
+		return 0, fmt.Errorf("NAR file %s upstream: upstream's narinfo describes another file: %w", h, cache.ErrNotFound)
+	}
+	switch size := cache.FileSize(k.info); {
+	case size > 0 && offset > size:
+		return 0, fmt.Errorf("NAR file %s upstream: offset %d beyond the %d-byte file", h, offset, size)
+	case size > 0 && offset == size:
+		return 0, nil // nothing left: no request (a range from the end is not satisfiable)
+	}
+	u.mu.Lock()
+	closed := u.closed
+	u.mu.Unlock()
+	if closed {
+		return 0, fmt.Errorf("NAR file %s upstream: closed: %w", h, cache.ErrNotFound)
+	}
+	ctx, stop := context.WithTimeout(ctx, u.cfg.NARTimeout)
+	defer stop()
+	// Close ends the fetch too.
+	defer context.AfterFunc(u.ctx, stop)()
+	n, err := u.fetchFrom(ctx, k, writeErrs{w}, offset)
+	if err != nil {
+		if !errors.Is(err, ErrWrite) {
+			u.noteNARResult(k, err)
+		}
+		return n, fmt.Errorf("NAR file %s upstream: %w", h, err)
+	}
+	return n, nil
+}
+
+// sameFile reports whether two narinfos of a path describe the same file.
+func sameFile(a, b *cache.NarInfo) bool {
+	if a.NarHash != b.NarHash || a.NarSize != b.NarSize || cache.NormCompression(a.Compression) != cache.NormCompression(b.Compression) {
+		return false
+	}
+	if a.FileHash != "" && b.FileHash != "" && a.FileHash != b.FileHash {
+		return false
+	}
+	return a.FileSize == 0 || b.FileSize == 0 || a.FileSize == b.FileSize
+}
+
+// writeErrs wraps the errors of w with ErrWrite.
+type writeErrs struct{ w io.Writer }
+
+func (e writeErrs) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrWrite, err)
+	}
+	return n, err
 }
 
 // direct streams k's NAR from upstream to w, verified, without the NAR

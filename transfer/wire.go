@@ -46,10 +46,12 @@ const (
 	typeDelta       byte = 0x03
 	typePing        byte = 0x04
 	typeResync      byte = 0x05
+	typeFlightAd    byte = 0x06
 	typeNarInfoReq  byte = 0x10
 	typeNarInfoResp byte = 0x11
 	typeNarReq      byte = 0x12
 	typeNarResp     byte = 0x13
+	typeFlightReq   byte = 0x14
 )
 
 // Bounds of individual fields.
@@ -75,13 +77,16 @@ var maxPayload = [256]uint32{
 	typeNarInfoResp: 1 + cache.MaxNarInfoSize,
 	typeNarReq:      20 + 32 + 8 + 8 + 8 + 1,
 	typeNarResp:     1 + 1 + 8,
+	typeFlightAd:    2 + maxFlightAds*flightAdLen,
+	typeFlightReq:   20 + 32 + 8 + 32 + 8 + 1 + maxCompLen + 8 + 1,
 }
 
 // known reports whether t is a frame type this version understands.
 func known(t byte) bool {
 	switch t {
 	case typeHello, typeSnapshot, typeDelta, typePing, typeResync,
-		typeNarInfoReq, typeNarInfoResp, typeNarReq, typeNarResp:
+		typeNarInfoReq, typeNarInfoResp, typeNarReq, typeNarResp,
+		typeFlightAd, typeFlightReq:
 		return true
 	}
 	return false
@@ -517,6 +522,9 @@ const (
 	// encChunked: chunks, each raw or zstd-compressed, decoding to the
 	// NAR bytes (see chunkWriter).
 	encChunked byte = 3
+	// encFile: bytes of an upstream's NAR file (compressed as its narinfo
+	// says), in answer to a flightReq.
+	encFile byte = 4
 )
 
 const toEnd = ^uint64(0)
@@ -580,8 +588,154 @@ func (m *narResp) marshal() []byte {
 func parseNarResp(p []byte) (*narResp, error) {
 	d := decoder{b: p}
 	m := &narResp{Status: d.u8(), Encoding: d.u8(), Length: d.u64()}
-	if d.err == nil && m.Encoding > encChunked {
+	if d.err == nil && m.Encoding > encFile {
 		d.fail("encoding %d", m.Encoding)
 	}
 	return m, d.end()
+}
+
+// LAN-wide single-flight (issue 11): one node downloads a NAR file from
+// upstream for the whole LAN, the others stream it from that growing
+// download, in upstream's file coordinates, so that whoever takes over a
+// download continues it with an HTTP Range request from the byte it holds.
+
+// Bounds of the flight messages.
+const (
+	maxCompLen   = 8   // "bzip2" is the longest compression name Nix uses
+	maxFlightAds = 256 // entries of one flightAds message
+	flightAdLen  = 20 + 1 + 8 + 8
+)
+
+// flightReq asks a peer for an upstream NAR file from a byte offset:
+//
+//	hash [20]u8 | narHash [32]u8 | narSize u64 | fileHash [32]u8 |
+//	fileSize u64 | compLen u8 | comp | offset u64 | flags u8
+//
+// narHash, narSize, fileHash, fileSize and comp are from the requester's
+// signed narinfo; fileHash all zero and fileSize 0 mean "not known". With
+// flagFetch the peer may start the download from upstream if it is not
+// fetching or following it already; without it, it only serves what it
+// has or is receiving. A peer never forwards the request: it answers from
+// its own download or says no (statusNotFound, statusOtherFile). The
+// answer is a narResp, encFile, followed by the file's bytes from offset,
+// as they arrive, then FIN.
+type flightReq struct {
+	Hash     cache.Hash
+	NarHash  cache.NarHash
+	NarSize  uint64
+	FileHash cache.NarHash
+	FileSize uint64
+	Comp     string
+	Offset   uint64
+	Flags    byte
+}
+
+// Flags of a flightReq.
+const (
+	flagFetch   byte = 1 << 0
+	flightFlags      = flagFetch
+)
+
+func (m *flightReq) marshal() []byte {
+	b := make([]byte, 0, maxPayload[typeFlightReq])
+	b = append(b, m.Hash[:]...)
+	b = append(b, m.NarHash[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.NarSize)
+	b = append(b, m.FileHash[:]...)
+	b = binary.BigEndian.AppendUint64(b, m.FileSize)
+	b = appendStr(b, m.Comp)
+	b = binary.BigEndian.AppendUint64(b, m.Offset)
+	return append(b, m.Flags)
+}
+
+func parseFlightReq(p []byte) (*flightReq, error) {
+	d := decoder{b: p}
+	m := &flightReq{}
+	copy(m.Hash[:], d.take(20))
+	copy(m.NarHash[:], d.take(32))
+	m.NarSize = d.u64()
+	copy(m.FileHash[:], d.take(32))
+	m.FileSize = d.u64()
+	m.Comp = d.str(maxCompLen, "compression")
+	m.Offset = d.u64()
+	m.Flags = d.u8()
+	switch {
+	case d.err != nil:
+	case m.Flags&^flightFlags != 0:
+		d.fail("flight flags %#x", m.Flags)
+	case m.NarSize == 0:
+		d.fail("flight request without a NarSize")
+	case m.FileSize != 0 && m.Offset > m.FileSize:
+		d.fail("offset %d beyond the %d-byte file", m.Offset, m.FileSize)
+	}
+	if d.err == nil {
+		if _, err := cache.CompressionExt(m.Comp); err != nil {
+			d.fail("compression %q", m.Comp)
+		}
+	}
+	return m, d.end()
+}
+
+// flightAd tells peers about one download this node takes part in, on the
+// control stream, so that a node about to fetch a path follows a download
+// already running instead of starting its own (membership views differ),
+// and status shows who fetches what.
+//
+//	n u16 | n × (hash [20]u8 | role u8 | have u64 | fileSize u64)
+//
+// role is adFetching (downloading from upstream), adFollowing (streaming
+// from a peer) or adDone (no longer taking part); have is the file bytes
+// held so far, fileSize 0 when not known.
+type flightAd struct {
+	Hash     cache.Hash
+	Role     byte
+	Have     uint64
+	FileSize uint64
+}
+
+// Roles of a flightAd.
+const (
+	adDone      byte = 0
+	adFetching  byte = 1
+	adFollowing byte = 2
+)
+
+func marshalFlightAds(ads []flightAd) []byte {
+	b := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(ads)*flightAdLen), uint16(len(ads)))
+	for _, a := range ads {
+		b = append(b, a.Hash[:]...)
+		b = append(b, a.Role)
+		b = binary.BigEndian.AppendUint64(b, a.Have)
+		b = binary.BigEndian.AppendUint64(b, a.FileSize)
+	}
+	return b
+}
+
+func parseFlightAds(p []byte) ([]flightAd, error) {
+	d := decoder{b: p}
+	n := int(d.u16())
+	if n > maxFlightAds {
+		d.fail("%d flight ads", n)
+	}
+	if d.err == nil && len(d.b) != n*flightAdLen {
+		d.fail("%d flight ads in %d bytes", n, len(d.b))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	ads := make([]flightAd, n)
+	for i := range ads {
+		a := &ads[i]
+		copy(a.Hash[:], d.take(20))
+		a.Role = d.u8()
+		a.Have = d.u64()
+		a.FileSize = d.u64()
+		switch {
+		case a.Role > adFollowing:
+			d.fail("flight role %d", a.Role)
+		case a.FileSize != 0 && a.Have > a.FileSize:
+			d.fail("flight ad holds %d bytes of a %d-byte file", a.Have, a.FileSize)
+		}
+	}
+	return ads, d.end()
 }

@@ -159,6 +159,8 @@ func FuzzFrame(f *testing.F) {
 	f.Add(frame(1, typeNarReq, 0, (&narReq{NarSize: 5, Accept: acceptXZ}).marshal()))
 	f.Add(frame(1, typeNarResp, 10, (&narResp{Status: statusOK, Encoding: encZstd, Length: 10}).marshal()))
 	f.Add(frame(1, typeSnapshot, 1<<30, nil))
+	f.Add(frame(1, typeFlightReq, 0, (&flightReq{NarSize: 9, FileSize: 5, Comp: "zstd", Offset: 2, Flags: flagFetch}).marshal()))
+	f.Add(frame(1, typeFlightAd, 0, marshalFlightAds([]flightAd{{Role: adFetching, Have: 3, FileSize: 7}})))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		typ, p, err := readFrame(bytes.NewReader(in))
@@ -195,6 +197,14 @@ func FuzzFrame(f *testing.F) {
 			}
 		case typeNarResp:
 			parseNarResp(p)
+		case typeFlightReq:
+			if m, err := parseFlightReq(p); err == nil && !bytes.Equal(m.marshal(), p) {
+				t.Fatal("flightReq does not round-trip")
+			}
+		case typeFlightAd:
+			if ads, err := parseFlightAds(p); err == nil && !bytes.Equal(marshalFlightAds(ads), p) {
+				t.Fatal("flight ads do not round-trip")
+			}
 		}
 	})
 }
@@ -238,4 +248,44 @@ func FuzzInventory(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFlightMessages(t *testing.T) {
+	req := &flightReq{NarSize: 100, FileSize: 40, Comp: "xz", Offset: 40, Flags: flagFetch}
+	req.Hash[0], req.NarHash[1], req.FileHash[2] = 1, 2, 3
+	got, err := parseFlightReq(req.marshal())
+	if err != nil || *got != *req {
+		t.Fatalf("flightReq round trip: %+v, %v; want %+v", got, err, req)
+	}
+	ads := []flightAd{{Role: adFetching, Have: 5, FileSize: 9}, {Role: adFollowing, Have: 7}, {Role: adDone}}
+	ads[1].Hash[19] = 9
+	gotAds, err := parseFlightAds(marshalFlightAds(ads))
+	if err != nil || len(gotAds) != 3 || gotAds[1] != ads[1] {
+		t.Fatalf("flight ads round trip: %+v, %v", gotAds, err)
+	}
+	for name, m := range map[string]*flightReq{
+		"unknown flag":     {NarSize: 1, Comp: "none", Flags: 0x80},
+		"no NarSize":       {Comp: "none"},
+		"offset past file": {NarSize: 1, FileSize: 4, Comp: "zstd", Offset: 5},
+		"compression":      {NarSize: 1, Comp: "lz4"},
+	} {
+		if _, err := parseFlightReq(m.marshal()); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s: accepted (%v)", name, err)
+		}
+	}
+	for name, a := range map[string][]flightAd{
+		"role":          {{Role: 3}},
+		"have past end": {{Role: adFetching, Have: 10, FileSize: 9}},
+	} {
+		if _, err := parseFlightAds(marshalFlightAds(a)); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s: accepted (%v)", name, err)
+		}
+	}
+	if _, err := parseFlightAds(append(marshalFlightAds(ads), 0)); !errors.Is(err, ErrProtocol) {
+		t.Errorf("trailing byte accepted (%v)", err)
+	}
+	long := make([]flightAd, maxFlightAds+1)
+	if _, err := parseFlightAds(marshalFlightAds(long)); !errors.Is(err, ErrProtocol) {
+		t.Errorf("%d ads accepted (%v)", len(long), err)
+	}
 }
